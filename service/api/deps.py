@@ -1,0 +1,114 @@
+"""Request-scoped dependencies shared by the HTTP adapters, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+
+from service.errors import MalformedRequest, RequestTooLarge, Unauthorized
+from service.state import AppState
+
+ANONYMOUS = "anonymous"
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.core
+    return state
+
+
+Core = Annotated[AppState, Depends(get_state)]
+
+
+def owner_for_key(key: str) -> str:
+    """Sessions are owned by a digest of the key, so the key itself is never stored."""
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def authenticate(keys: list[bytes], authorization: str | None) -> str:
+    """The owner for an ``Authorization`` header value; ``Unauthorized`` when it does not match."""
+    if not keys:
+        return ANONYMOUS
+    if not authorization:
+        raise Unauthorized("missing Authorization: Bearer <key>")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must be 'Bearer <key>'")
+    presented = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if not matched:
+        raise Unauthorized("invalid API key")
+    return owner_for_key(presented.decode())
+
+
+def get_owner(request: Request) -> str:
+    core: AppState = request.app.state.core
+    return authenticate(core.api_keys, request.headers.get("authorization"))
+
+
+Owner = Annotated[str, Depends(get_owner)]
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON per RFC 8259, plus NaN/Infinity literals so they reach validation as 422."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` before reading it whole."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError as exc:
+            raise MalformedRequest("invalid Content-Length") from exc
+        if declared > limit:
+            raise RequestTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def get_json_object(request: Request) -> dict[str, Any]:
+    core: AppState = request.app.state.core
+    raw = await read_body(request, core.settings.max_body_bytes)
+    if not raw.strip():
+        raise MalformedRequest("request body is empty; send a JSON object")
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise MalformedRequest("request body must be a JSON object")
+    return body
+
+
+async def get_optional_json_object(request: Request) -> dict[str, Any]:
+    core: AppState = request.app.state.core
+    raw = await read_body(request, core.settings.max_body_bytes)
+    if not raw.strip():
+        return {}
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise MalformedRequest("request body must be a JSON object")
+    return body
+
+
+JsonBody = Annotated[dict[str, Any], Depends(get_json_object)]
+OptionalJsonBody = Annotated[dict[str, Any], Depends(get_optional_json_object)]

@@ -1,0 +1,179 @@
+"""``create_app(settings)``: builds the core inside the lifespan and mounts the adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import health, v1
+from service.api.problems import (
+    http_error_handler,
+    serve_error_handler,
+    unhandled_error_handler,
+    validation_error_handler,
+)
+from service.errors import ServeError
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.runner import Runner
+from service.session_store import MemoryStore, SessionStore
+from service.sessions import SessionManager
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger("service")
+access_log = logging.getLogger("service.access")
+
+SWEEP_INTERVAL_SECONDS = 5.0
+
+
+def build_store(settings: Settings, metrics: Metrics) -> SessionStore:
+    def on_gone(reason: str) -> None:
+        (metrics.sessions_evicted if reason == "evicted" else metrics.sessions_expired).inc()
+
+    if settings.session_store == "memory":
+        return MemoryStore(on_gone=on_gone)
+    from service.redis_store import RedisStore
+
+    return RedisStore.from_url(settings.session_store, on_gone=on_gone)
+
+
+class RequestContextMiddleware:
+    """``X-Request-ID`` on every response, request metrics by route, one access-log line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        rid = request_id.encode("latin-1")
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(scope["method"], path, status, elapsed)
+            if self.log_requests:
+                access_log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )
+
+
+async def _sweeper(core: AppState) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        try:
+            await core.sessions.sweep()
+        except ServeError as exc:
+            log.warning("session sweep failed: %s", exc.detail)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(settings.model_store, settings.ort_threads)
+        await asyncio.to_thread(registry.load)
+        for error in registry.errors:
+            log.warning("model store: %s", error)
+        log.info(
+            "loaded models: %s",
+            ", ".join(f"{m.name}:{m.version}" for m in registry.all()) or "none",
+        )
+        store = build_store(settings, metrics)
+        runner = Runner(metrics)
+        core = AppState(
+            settings=settings,
+            registry=registry,
+            store=store,
+            runner=runner,
+            sessions=SessionManager(store, registry, runner, settings, metrics),
+            metrics=metrics,
+            api_keys=[k.encode() for k in settings.api_key_list],
+        )
+        app.state.core = core
+        sweeper = asyncio.create_task(_sweeper(core))
+        try:
+            yield
+        finally:
+            core.draining = True
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await runner.close()
+            await store.close()
+
+    app = FastAPI(
+        title="lstm-serve",
+        version="0.1.0",
+        description="Inference for recurrent sequence models with stateful sessions.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(ServeError, serve_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unhandled_error_handler)
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    for extra in _optional_routers():
+        app.include_router(extra)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_requests=settings.request_log)
+    return app
+
+
+def _optional_routers() -> list[APIRouter]:
+    """Adapters that live in their own modules (WebSocket stream, /v2), when present."""
+    import importlib
+
+    routers: list[APIRouter] = []
+    for module in ("service.api.stream", "service.v2.routes"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not module.startswith(exc.name or "\0"):
+                raise
+            continue
+        routers.append(mod.router)
+    return routers

@@ -1,0 +1,129 @@
+"""``lstm-serve``: serve, list models, train, import, and client commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, with any ``extra`` fields the record carries."""
+
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._skip and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    setup_logging(args.log_level)
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic ValidationError: print it plainly and stop
+        print(f"lstm-serve: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+    )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from service.model_store import scan
+    from service.settings import Settings
+
+    root = Settings().model_store
+    result = scan(root)
+    print(f"{'NAME':<20} {'VERSION':>7}  {'CELL':<5} {'TASK':<15} HEADLINE METRIC (baselines)")
+    for v in result.versions:
+        m = v.manifest
+        headline = m.headline_metric or ""
+        value = m.metrics.get(headline)
+        baselines = ", ".join(
+            f"{k.removeprefix(headline + '_')} {val:.4g}"
+            for k, val in sorted(m.metrics.items())
+            if k.startswith(headline + "_")
+        )
+        shown = f"{headline} {value:.4g}" if value is not None else "-"
+        if baselines:
+            shown += f" ({baselines})"
+        print(f"{m.name:<20} {m.version:>7}  {m.cell:<5} {m.task:<15} {shown}")
+    for err in result.errors:
+        print(f"refused: {err}", file=sys.stderr)
+    return 0 if result.versions else 1
+
+
+_DELEGATED: dict[str, tuple[str, str]] = {
+    "train": ("service.training.cli", "train_main"),
+    "import": ("service.training.cli", "import_main"),
+    "generate": ("service.client_cli", "generate_main"),
+    "forecast": ("service.client_cli", "forecast_main"),
+    "bench": ("service.bench", "main"),
+}
+"""Subcommands implemented elsewhere, imported only when used (torch only for train/import)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        module, function = _DELEGATED[argv[0]]
+        handler: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+        return handler(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="lstm-serve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the model store over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--graceful-timeout", type=float, default=20.0)
+    serve.set_defaults(func=_serve)
+    models = sub.add_parser("models", help="list the model store's versions")
+    models.set_defaults(func=_models)
+    sub.add_parser("train", help="train a recipe and write a new version (needs the train extra)")
+    sub.add_parser("import", help="import an LSTM/GRU ONNX model exported elsewhere")
+    sub.add_parser("generate", help="stream text from a language model")
+    sub.add_parser("forecast", help="forecast from a CSV file")
+    sub.add_parser("bench", help="benchmark the server against the HTTP floor")
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Wire values ↔ model values: validation, normalisation, tokenisation, decoding.
+
+Inputs arrive as decoded JSON (lists of numbers, strings); everything that is not
+exactly what the model takes raises ``InvalidInput`` before any state is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidInput
+from service.manifest import FeaturesInput, Manifest, RegressionOutput, TextInput
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_step(step: object, size: int, where: str) -> None:
+    if not isinstance(step, list):
+        raise InvalidInput(f"{where}: each step must be a list of {size} numbers")
+    if len(step) != size:
+        raise InvalidInput(
+            f"{where}: expected {size} features per step, got {len(step)}",
+            code="wrong_feature_count",
+        )
+    for v in step:
+        if not _is_number(v):
+            raise InvalidInput(f"{where}: features must be numbers, got {type(v).__name__}")
+        if not math.isfinite(v) or abs(v) > _F32_MAX:
+            raise InvalidInput(
+                f"{where}: features must be finite float32 values", code="non_finite"
+            )
+
+
+def _sequence(seq: object, size: int, max_steps: int, where: str) -> np.ndarray:
+    if not isinstance(seq, list) or not seq:
+        raise InvalidInput(f"{where}: a sequence must be a non-empty list of steps")
+    if len(seq) > max_steps:
+        raise InvalidInput(
+            f"{where}: {len(seq)} steps exceed the limit of {max_steps}", code="too_many_steps"
+        )
+    for t, step in enumerate(seq):
+        _check_step(step, size, f"{where}[{t}]")
+    return np.asarray(seq, dtype=np.float32)
+
+
+def normalise(spec: FeaturesInput, raw: np.ndarray) -> np.ndarray:
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return ((raw - mean) / std).astype(np.float32)
+
+
+def parse_features(
+    manifest: Manifest, inputs: object, max_steps: int, max_batch: int
+) -> tuple[list[np.ndarray], bool]:
+    """One sequence ``[[f..]..]`` or a batch ``[[[f..]..]..]`` → normalised arrays, batched?"""
+    spec = manifest.input
+    if not isinstance(spec, FeaturesInput):
+        raise InvalidInput(
+            f"model {manifest.name!r} takes text, not inputs", code="wrong_input_kind"
+        )
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("inputs must be a non-empty list")
+    first = inputs[0]
+    batched = isinstance(first, list) and bool(first) and isinstance(first[0], list)
+    if batched:
+        if len(inputs) > max_batch:
+            raise InvalidInput(
+                f"{len(inputs)} sequences exceed the limit of {max_batch}", code="batch_too_large"
+            )
+        seqs = [_sequence(s, spec.size, max_steps, f"inputs[{i}]") for i, s in enumerate(inputs)]
+    else:
+        seqs = [_sequence(inputs, spec.size, max_steps, "inputs")]
+    return [normalise(spec, s) for s in seqs], batched
+
+
+def encode_text(
+    manifest: Manifest, text: object, max_steps: int, where: str = "text"
+) -> np.ndarray:
+    spec = manifest.input
+    if not isinstance(spec, TextInput):
+        raise InvalidInput(
+            f"model {manifest.name!r} takes numeric inputs, not text", code="wrong_input_kind"
+        )
+    if not isinstance(text, str) or not text:
+        raise InvalidInput(f"{where}: must be a non-empty string")
+    if len(text) > max_steps:
+        raise InvalidInput(
+            f"{where}: {len(text)} characters exceed the limit of {max_steps}",
+            code="too_many_steps",
+        )
+    index = vocab_index(spec)
+    ids = np.empty(len(text), dtype=np.int64)
+    for i, ch in enumerate(text):
+        tok = index.get(ch, spec.unknown_id)
+        if tok is None:
+            raise InvalidInput(
+                f"{where}: character {ch!r} at position {i} is not in the vocabulary",
+                code="unknown_token",
+            )
+        ids[i] = tok
+    return ids
+
+
+_VOCAB_CACHE: dict[int, dict[str, int]] = {}
+
+
+def vocab_index(spec: TextInput) -> dict[str, int]:
+    key = id(spec)
+    index = _VOCAB_CACHE.get(key)
+    if index is None or len(index) != len(spec.vocab):
+        index = {ch: i for i, ch in enumerate(spec.vocab)}
+        _VOCAB_CACHE[key] = index
+    return index
+
+
+def parse_text(
+    manifest: Manifest, text: object, max_steps: int, max_batch: int
+) -> tuple[list[np.ndarray], bool]:
+    if isinstance(text, list):
+        if not text:
+            raise InvalidInput("text must be a non-empty string or list of strings")
+        if len(text) > max_batch:
+            raise InvalidInput(
+                f"{len(text)} sequences exceed the limit of {max_batch}", code="batch_too_large"
+            )
+        return [encode_text(manifest, t, max_steps, f"text[{i}]") for i, t in enumerate(text)], True
+    return [encode_text(manifest, text, max_steps)], False
+
+
+def parse_body_inputs(
+    manifest: Manifest, body: dict[str, Any], max_steps: int, max_batch: int
+) -> tuple[list[np.ndarray], bool]:
+    """Read ``inputs`` or ``text`` from a request body, whichever the model takes."""
+    has_inputs = "inputs" in body
+    has_text = "text" in body
+    if has_inputs and has_text:
+        raise InvalidInput("give either inputs or text, not both")
+    if isinstance(manifest.input, TextInput):
+        if not has_text:
+            raise InvalidInput(
+                f'model {manifest.name!r} is a text model: send {{"text": ...}}',
+                code="wrong_input_kind",
+            )
+        return parse_text(manifest, body["text"], max_steps, max_batch)
+    if not has_inputs:
+        raise InvalidInput(
+            f'model {manifest.name!r} takes numeric features: send {{"inputs": ...}}',
+            code="wrong_input_kind",
+        )
+    return parse_features(manifest, body["inputs"], max_steps, max_batch)
+
+
+def inputs_digest(x: np.ndarray) -> str:
+    """Identity of a step request's inputs, for recognising a retried request."""
+    return hashlib.sha256(x.dtype.str.encode() + repr(x.shape).encode() + x.tobytes()).hexdigest()
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return p
+
+
+def denormalise(spec: RegressionOutput, y: np.ndarray) -> np.ndarray:
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return (y * std + mean).astype(np.float32)
+
+
+def decode_steps(manifest: Manifest, y: np.ndarray, top_k: int) -> list[Any]:
+    """Model outputs ``[time, out]`` → one wire output per step."""
+    spec = manifest.output
+    if isinstance(spec, RegressionOutput):
+        out: list[Any] = denormalise(spec, y).tolist()
+        return out
+    text_spec = manifest.input
+    assert isinstance(text_spec, TextInput)
+    probs = softmax(y)
+    k = min(top_k, probs.shape[-1])
+    result: list[Any] = []
+    for row in probs:
+        top = np.argpartition(-row, k - 1)[:k]
+        top = top[np.argsort(-row[top], kind="stable")]
+        result.append(
+            {"top": [{"token": text_spec.vocab[int(i)], "p": float(row[i])} for i in top]}
+        )
+    return result
+
+
+def decode_sequence(manifest: Manifest, y: np.ndarray, mode: str, top_k: int) -> Any:
+    """One sequence's outputs for ``return: last`` (one output) or ``all`` (one per step)."""
+    if mode == "last":
+        return decode_steps(manifest, y[-1:], top_k)[0]
+    return decode_steps(manifest, y, top_k)

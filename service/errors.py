@@ -1,0 +1,126 @@
+"""The service's typed errors. None of them knows about HTTP.
+
+Every error a client can cause, or that the service must report, is one of these;
+``service.api.problems`` maps them to problem details for ``/v1`` and
+``service.v2.errors`` to the Open Inference Protocol's ``{"error": ...}``.
+
+    ServeError
+    ├── InvalidInput          well-formed but invalid (422)
+    │   └── MalformedRequest  the body cannot be parsed at all (400)
+    ├── ModelNotFound         unknown model or version (404)
+    ├── SessionNotFound       unknown session, or another key's (404)
+    ├── SessionGone           expired or evicted, within the tombstone window (410)
+    ├── OffsetConflict        offset differs from the session's steps (409)
+    ├── CapacityReached       session limit (429, Retry-After)
+    ├── RequestTooLarge       body over the limit (413)
+    ├── Unauthorized          missing or wrong API key (401)
+    ├── StoreUnavailable      the session store does not answer (503, Retry-After)
+    ├── NotReady              models not loaded yet (503)
+    └── InferenceError        onnxruntime failed on input that passed validation (422)
+"""
+
+from __future__ import annotations
+
+
+class ServeError(Exception):
+    """Base class: ``code`` is the stable snake_case identifier clients branch on."""
+
+    code: str = "error"
+    title: str = "Error"
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: dict[str, object] = extra
+
+
+class InvalidInput(ServeError):
+    code = "invalid_input"
+    title = "Invalid input"
+
+    def __init__(self, detail: str, code: str | None = None, **extra: object) -> None:
+        super().__init__(detail, **extra)
+        if code is not None:
+            self.code = code
+
+
+class MalformedRequest(InvalidInput):
+    code = "malformed_request"
+    title = "Malformed request"
+
+
+class ModelNotFound(ServeError):
+    code = "model_not_found"
+    title = "Model not found"
+
+
+class SessionNotFound(ServeError):
+    code = "session_not_found"
+    title = "Session not found"
+
+
+class SessionGone(ServeError):
+    """The session existed but its state is gone; ``reason`` is ``expired`` or ``evicted``."""
+
+    title = "Session gone"
+
+    def __init__(self, detail: str, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.code = f"session_{reason}"
+        self.title = f"Session {reason}"
+
+
+class OffsetConflict(ServeError):
+    code = "offset_conflict"
+    title = "Offset conflict"
+
+    def __init__(self, detail: str, steps: int) -> None:
+        super().__init__(detail, steps=steps)
+        self.steps = steps
+
+
+class CapacityReached(ServeError):
+    code = "session_capacity_reached"
+    title = "Session capacity reached"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class RequestTooLarge(ServeError):
+    code = "request_too_large"
+    title = "Request too large"
+
+
+class Unauthorized(ServeError):
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class StoreUnavailable(ServeError):
+    code = "session_store_unavailable"
+    title = "Session store unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class NotReady(ServeError):
+    code = "not_ready"
+    title = "Not ready"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class InferenceError(ServeError):
+    code = "inference_failed"
+    title = "Inference failed"
+
+
+class ModelStoreError(Exception):
+    """A model version on disk is corrupt or incomplete; the message names the file."""

@@ -1,0 +1,262 @@
+"""The typed manifest of one model version: the only code that parses ``manifest.json``.
+
+A model version lives in ``model_store/<name>/<version>/`` as ``model.onnx`` plus
+``manifest.json``. The manifest says how to talk to the ONNX graph (tensor names,
+layouts, state tensors), how to turn wire values into model values (normalisation,
+vocabulary) and where the model came from (data provenance, metrics, parity).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MANIFEST_FILE = "manifest.json"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def is_valid_model_name(name: str) -> bool:
+    """Model names are lowercase slugs, so they can never traverse paths."""
+    return bool(_NAME_RE.match(name))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeaturesInput(_Strict):
+    """Numeric features, one vector of ``size`` floats per step.
+
+    The wire carries values in the data's own units; the service applies
+    ``(x - mean) / std`` before the model.
+    """
+
+    kind: Literal["features"] = "features"
+    size: int = Field(ge=1)
+    names: list[str]
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _lengths(self) -> FeaturesInput:
+        if not (len(self.names) == len(self.mean) == len(self.std) == self.size):
+            raise ValueError("input names, mean and std must each have `size` entries")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("input std must be positive")
+        return self
+
+
+class TextInput(_Strict):
+    """Characters mapped to token ids through ``vocab`` (the index is the id).
+
+    Characters outside the vocabulary map to ``unknown_id`` when set, else are rejected.
+    """
+
+    kind: Literal["text"] = "text"
+    vocab_size: int = Field(ge=2)
+    vocab: list[str]
+    unknown_id: int | None = None
+
+    @model_validator(mode="after")
+    def _vocab(self) -> TextInput:
+        if len(self.vocab) != self.vocab_size:
+            raise ValueError("vocab must have vocab_size entries")
+        if len(set(self.vocab)) != len(self.vocab):
+            raise ValueError("vocab entries must be unique")
+        if self.unknown_id is not None and not 0 <= self.unknown_id < self.vocab_size:
+            raise ValueError("unknown_id out of range")
+        return self
+
+
+InputSpec = Annotated[FeaturesInput | TextInput, Field(discriminator="kind")]
+
+
+class RegressionOutput(_Strict):
+    """Real values per step; the model emits ``(y - mean) / std``, the service undoes it."""
+
+    kind: Literal["regression"] = "regression"
+    size: int = Field(ge=1)
+    names: list[str]
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _lengths(self) -> RegressionOutput:
+        if not (len(self.names) == len(self.mean) == len(self.std) == self.size):
+            raise ValueError("output names, mean and std must each have `size` entries")
+        return self
+
+
+class LogitsOutput(_Strict):
+    """Unnormalised next-token scores over the input vocabulary."""
+
+    kind: Literal["logits"] = "logits"
+    size: int = Field(ge=2)
+
+
+OutputSpec = Annotated[RegressionOutput | LogitsOutput, Field(discriminator="kind")]
+
+
+class StateTensor(_Strict):
+    """One recurrent state tensor: fed as ``input``, read back as ``output``.
+
+    ``shape`` is the per-sequence shape (the batch axis removed), e.g. ``[layers, hidden]``;
+    ``batch_axis`` says where the batch axis sits in the ONNX tensor (1 for ONNX/PyTorch
+    ``[layers, batch, hidden]``).
+    """
+
+    name: str = Field(pattern=r"^[a-z]$|^[a-z][a-z0-9_]*$")
+    input: str
+    output: str
+    shape: list[int]
+    batch_axis: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _axis(self) -> StateTensor:
+        if self.batch_axis > len(self.shape):
+            raise ValueError("batch_axis beyond the tensor's rank")
+        if any(d < 1 for d in self.shape):
+            raise ValueError("state shape entries must be positive")
+        return self
+
+
+class GraphSpec(_Strict):
+    """Names and layout of the ONNX graph's data tensors."""
+
+    input: str
+    output: str
+    input_dtype: Literal["float32", "int64"] = "float32"
+    time_major: bool = False
+    """True when the data tensors are ``[time, batch, ...]`` instead of ``[batch, time, ...]``."""
+
+
+class Feedback(_Strict):
+    """How ``generate`` rolls a model forward.
+
+    ``autoregressive`` regression models feed output ``output_index[i]`` back as input
+    feature ``i`` (in data units); text models feed the sampled token back.
+    """
+
+    autoregressive: bool
+    output_index: list[int] = Field(default_factory=list)
+
+
+class Provenance(_Strict):
+    dataset: str
+    package: str
+    package_version: str
+    source: str
+    rows: int
+    split: str
+
+
+class Parity(_Strict):
+    """Export verification figures (max absolute differences)."""
+
+    torch_vs_onnx: float | None = None
+    step_vs_whole: float
+
+
+class Manifest(_Strict):
+    """Everything the service knows about one model version."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    description: str = ""
+    task: Literal["regression", "language_model"]
+    cell: Literal["lstm", "gru"]
+    layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    onnx_file: str = "model.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    graph: GraphSpec
+    input: InputSpec
+    output: OutputSpec
+    state: list[StateTensor] = Field(min_length=1)
+    feedback: Feedback
+    training: Provenance | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Held-out metrics of the model and its naive baselines (``rmse``, ``rmse_persistence``)."""
+    headline_metric: str | None = None
+    parity: Parity
+    libraries: dict[str, str] = Field(default_factory=dict)
+    created_at: str
+
+    @field_validator("onnx_file")
+    @classmethod
+    def _plain_file(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError("onnx_file must be a plain file name")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [s.name for s in self.state]
+        if len(set(names)) != len(names):
+            raise ValueError("state tensor names must be unique")
+        if self.task == "language_model":
+            if not isinstance(self.input, TextInput) or not isinstance(self.output, LogitsOutput):
+                raise ValueError("a language model takes text input and gives logits")
+            if self.output.size != self.input.vocab_size:
+                raise ValueError("logits size must equal vocab_size")
+            if self.graph.input_dtype != "int64":
+                raise ValueError("a language model's graph input is int64 token ids")
+        else:
+            if not isinstance(self.input, FeaturesInput) or not isinstance(
+                self.output, RegressionOutput
+            ):
+                raise ValueError("a regression model takes features and gives regression output")
+            if self.graph.input_dtype != "float32":
+                raise ValueError("a regression model's graph input is float32")
+            if self.feedback.autoregressive:
+                idx = self.feedback.output_index
+                if len(idx) != self.input.size or any(not 0 <= i < self.output.size for i in idx):
+                    raise ValueError("feedback.output_index must map every input feature")
+        return self
+
+    @property
+    def input_size(self) -> int:
+        return self.input.size if isinstance(self.input, FeaturesInput) else 1
+
+    def public(self, versions: list[int]) -> dict[str, object]:
+        """The part of the manifest the API shows (no normalisation internals)."""
+        if isinstance(self.input, FeaturesInput):
+            input_doc: dict[str, object] = {
+                "kind": "features",
+                "size": self.input.size,
+                "names": self.input.names,
+            }
+        else:
+            input_doc = {"kind": "text", "vocab_size": self.input.vocab_size}
+        if isinstance(self.output, RegressionOutput):
+            output_doc: dict[str, object] = {
+                "kind": "regression",
+                "size": self.output.size,
+                "names": self.output.names,
+            }
+        else:
+            output_doc = {"kind": "next_token_distribution", "vocab_size": self.output.size}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "versions": versions,
+            "description": self.description,
+            "task": self.task,
+            "cell": self.cell,
+            "layers": self.layers,
+            "hidden_size": self.hidden_size,
+            "input": input_doc,
+            "output": output_doc,
+            "state": [{"name": s.name, "shape": s.shape} for s in self.state],
+            "autoregressive": self.feedback.autoregressive,
+            "training": self.training.model_dump() if self.training else None,
+            "metrics": self.metrics,
+            "headline_metric": self.headline_metric,
+            "parity": self.parity.model_dump(),
+            "sha256": self.sha256,
+            "created_at": self.created_at,
+        }

@@ -1,0 +1,174 @@
+"""Holding models: one onnxruntime session per verified model version.
+
+``service.model_store`` finds versions on disk; this module loads them and knows how to
+run one batch through a graph. Running is synchronous and blocking: callers go through
+``service.runner.Runner``, which keeps it off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import InferenceError, ModelNotFound, ModelStoreError
+from service.manifest import Manifest, StateTensor
+from service.model_store import StoredVersion, scan
+
+log = logging.getLogger(__name__)
+
+State = dict[str, np.ndarray]
+"""Per-sequence state: state name (``h``, ``c``) → float32 array of the manifest's shape."""
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to run."""
+
+    manifest: Manifest
+    session: ort.InferenceSession
+    onnx_path: Path
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def key(self) -> str:
+        return f"{self.manifest.name}:{self.manifest.version}"
+
+    def zero_state(self) -> State:
+        return {s.name: np.zeros(s.shape, dtype=np.float32) for s in self.manifest.state}
+
+    def state_spec(self, name: str) -> StateTensor:
+        for s in self.manifest.state:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def run_batch(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
+        """Run ``x`` (``[batch, time, ...]`` in model units) from per-sequence ``states``.
+
+        Returns the outputs ``[batch, time, out]`` and each sequence's final state.
+        Blocking; safe to call from several threads.
+        """
+        m = self.manifest
+        batch = x.shape[0]
+        feeds: dict[str, np.ndarray] = {
+            m.graph.input: np.ascontiguousarray(x.swapaxes(0, 1) if m.graph.time_major else x)
+        }
+        for spec in m.state:
+            feeds[spec.input] = np.stack([s[spec.name] for s in states], axis=spec.batch_axis)
+        names = [m.graph.output, *(s.output for s in m.state)]
+        try:
+            results = self.session.run(names, feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise InferenceError(f"model {self.key} failed: {exc}") from exc
+        y = np.asarray(results[0], dtype=np.float32)
+        if m.graph.time_major:
+            y = y.swapaxes(0, 1)
+        new_states: list[State] = [{} for _ in range(batch)]
+        for spec, arr in zip(m.state, results[1:], strict=True):
+            moved = np.moveaxis(np.asarray(arr, dtype=np.float32), spec.batch_axis, 0)
+            for i in range(batch):
+                new_states[i][spec.name] = moved[i].copy()
+        return y, new_states
+
+
+def load_model(stored: StoredVersion, threads: int) -> LoadedModel:
+    """Create the onnxruntime session and check the graph matches the manifest."""
+    try:
+        session = ort.InferenceSession(
+            str(stored.onnx_path),
+            sess_options=_session_options(threads),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:
+        raise ModelStoreError(f"{stored.onnx_path}: onnxruntime cannot load it: {exc}") from exc
+    m = stored.manifest
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    want_in = {m.graph.input, *(s.input for s in m.state)}
+    want_out = {m.graph.output, *(s.output for s in m.state)}
+    if not want_in <= inputs or not want_out <= outputs:
+        raise ModelStoreError(
+            f"{stored.onnx_path}: graph tensors {sorted(inputs)} -> {sorted(outputs)} "
+            f"do not match the manifest's {sorted(want_in)} -> {sorted(want_out)}"
+        )
+    return LoadedModel(manifest=m, session=session, onnx_path=stored.onnx_path)
+
+
+class ModelRegistry:
+    """All loaded model versions, by name and version."""
+
+    def __init__(self, root: Path, ort_threads: int = 1) -> None:
+        self.root = root
+        self.ort_threads = ort_threads
+        self._models: dict[str, dict[int, LoadedModel]] = {}
+        self.errors: list[str] = []
+
+    def load(self) -> None:
+        """(Re)scan the store and load every valid version; broken ones go to ``errors``."""
+        result = scan(self.root)
+        models: dict[str, dict[int, LoadedModel]] = {}
+        errors = list(result.errors)
+        for stored in result.versions:
+            m = stored.manifest
+            current = self._models.get(m.name, {}).get(m.version)
+            if current is not None and current.manifest.sha256 == m.sha256:
+                models.setdefault(m.name, {})[m.version] = current
+                continue
+            try:
+                models.setdefault(m.name, {})[m.version] = load_model(stored, self.ort_threads)
+            except ModelStoreError as exc:
+                errors.append(str(exc))
+                log.warning("model store: %s", exc)
+        self._models = {k: v for k, v in models.items() if v}
+        self.errors = errors
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._models)
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._models.get(name, {}))
+
+    def default_version(self, name: str) -> int:
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(f"no model {name!r}")
+        return versions[-1]
+
+    def get(self, name: str, version: int | None = None) -> LoadedModel:
+        by_version = self._models.get(name)
+        if not by_version:
+            raise ModelNotFound(f"no model {name!r}")
+        if version is None:
+            version = max(by_version)
+        model = by_version.get(version)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} has no version {version}")
+        return model
+
+    def all(self) -> list[LoadedModel]:
+        return [m for name in self.names() for m in self._models[name].values()]

@@ -1,0 +1,256 @@
+"""Where session state lives: the ``SessionStore`` protocol and its in-memory implementation.
+
+The Redis implementation (``service.redis_store``) satisfies the same protocol and runs
+through the same test suite. A store keeps, per session, the record below and, after a
+session expires or is evicted, a tombstone that answers "gone, and why" for one more TTL.
+
+Concurrency contract: ``save`` is a compare-and-set on ``revision``; a writer that lost
+the race gets ``False`` and must reload. Within one process the session manager also
+serialises requests per session, so a conflict means another replica wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+import orjson
+
+from service.errors import CapacityReached, SessionGone, SessionNotFound
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class LastApplied:
+    """The most recently applied step request, kept so a retry can be answered again."""
+
+    offset: int
+    n_steps: int
+    digest: str
+    response: bytes
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    owner: str
+    model: str
+    version: int
+    steps: int
+    created_at: float
+    ttl_seconds: int
+    expires_at: float
+    state: dict[str, np.ndarray]
+    last_output: np.ndarray | None = None
+    last: LastApplied | None = None
+    revision: int = 0
+    kind: str = "session"
+    """``session`` for /v1 sessions, ``sequence`` for /v2 sequence-extension state."""
+
+    def touched(self, now: float) -> SessionRecord:
+        return replace(self, expires_at=now + self.ttl_seconds)
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    owner: str
+    reason: str
+    until: float
+
+
+def _b64(a: np.ndarray) -> dict[str, object]:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
+
+
+def _unb64(d: dict[str, object]) -> np.ndarray:
+    raw = base64.b64decode(str(d["data"]))
+    shape = [int(x) for x in d["shape"]]  # type: ignore[attr-defined]
+    return np.frombuffer(raw, dtype=np.float32).reshape(shape).copy()
+
+
+def encode_record(rec: SessionRecord) -> bytes:
+    """Compact serialisation of everything but the arrays' raw bytes layout (shared by stores)."""
+    doc: dict[str, object] = {
+        "id": rec.id,
+        "owner": rec.owner,
+        "model": rec.model,
+        "version": rec.version,
+        "steps": rec.steps,
+        "created_at": rec.created_at,
+        "ttl_seconds": rec.ttl_seconds,
+        "expires_at": rec.expires_at,
+        "state": {k: _b64(v) for k, v in rec.state.items()},
+        "last_output": _b64(rec.last_output) if rec.last_output is not None else None,
+        "last": (
+            {
+                "offset": rec.last.offset,
+                "n_steps": rec.last.n_steps,
+                "digest": rec.last.digest,
+                "response": base64.b64encode(rec.last.response).decode(),
+            }
+            if rec.last
+            else None
+        ),
+        "revision": rec.revision,
+        "kind": rec.kind,
+    }
+    return orjson.dumps(doc)
+
+
+def decode_record(raw: bytes) -> SessionRecord:
+    d = orjson.loads(raw)
+    last = d.get("last")
+    return SessionRecord(
+        id=d["id"],
+        owner=d["owner"],
+        model=d["model"],
+        version=int(d["version"]),
+        steps=int(d["steps"]),
+        created_at=float(d["created_at"]),
+        ttl_seconds=int(d["ttl_seconds"]),
+        expires_at=float(d["expires_at"]),
+        state={k: _unb64(v) for k, v in d["state"].items()},
+        last_output=_unb64(d["last_output"]) if d.get("last_output") else None,
+        last=(
+            LastApplied(
+                offset=int(last["offset"]),
+                n_steps=int(last["n_steps"]),
+                digest=last["digest"],
+                response=base64.b64decode(last["response"]),
+            )
+            if last
+            else None
+        ),
+        revision=int(d["revision"]),
+        kind=d.get("kind", "session"),
+    )
+
+
+class SessionStore(Protocol):
+    """Persistence for session records. Raise ``StoreUnavailable`` when unreachable."""
+
+    async def create(self, rec: SessionRecord, max_sessions: int) -> None:
+        """Insert a new record; ``CapacityReached`` when ``max_sessions`` live ones exist."""
+
+    async def load(self, session_id: str) -> SessionRecord:
+        """The live record, or ``SessionGone`` (tombstone) or ``SessionNotFound``."""
+
+    async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
+        """Replace the record if its stored revision is ``expected_revision``; False if not.
+
+        Also extends the session's expiry to ``rec.expires_at``. Raises ``SessionNotFound``
+        or ``SessionGone`` when the record vanished meanwhile.
+        """
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove a record (and any tombstone); True if a live record was removed."""
+
+    async def evict(self, session_id: str, reason: str = "evicted") -> bool:
+        """Remove a live record leaving a tombstone with ``reason``."""
+
+    async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
+        """The live records of one owner."""
+
+    async def count(self) -> int:
+        """Live records, all owners."""
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+
+    async def sweep(self) -> int:
+        """Turn expired records into tombstones, drop old tombstones; returns how many expired."""
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Sessions in this process's memory. Fast, lost on restart, not shared."""
+
+    def __init__(
+        self, clock: Clock = time.time, on_gone: Callable[[str], None] | None = None
+    ) -> None:
+        self._clock = clock
+        self._records: dict[str, SessionRecord] = {}
+        self._tombstones: dict[str, Tombstone] = {}
+        self._on_gone = on_gone
+
+    def _bury(self, rec: SessionRecord, reason: str, now: float) -> None:
+        del self._records[rec.id]
+        self._tombstones[rec.id] = Tombstone(rec.owner, reason, now + rec.ttl_seconds)
+        if self._on_gone is not None:
+            self._on_gone(reason)
+
+    def _live(self, session_id: str) -> SessionRecord:
+        now = self._clock()
+        rec = self._records.get(session_id)
+        if rec is not None:
+            if now < rec.expires_at:
+                return rec
+            self._bury(rec, "expired", rec.expires_at)
+        tomb = self._tombstones.get(session_id)
+        if tomb is not None:
+            if now < tomb.until:
+                raise SessionGone(f"session {session_id!r} {tomb.reason}", tomb.reason)
+            del self._tombstones[session_id]
+        raise SessionNotFound(f"no session {session_id!r}")
+
+    async def create(self, rec: SessionRecord, max_sessions: int) -> None:
+        if len(self._records) >= max_sessions:
+            await self.sweep()
+            if len(self._records) >= max_sessions:
+                raise CapacityReached(f"session limit of {max_sessions} reached")
+        self._tombstones.pop(rec.id, None)
+        self._records[rec.id] = rec
+
+    async def load(self, session_id: str) -> SessionRecord:
+        return self._live(session_id)
+
+    async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
+        current = self._live(rec.id)
+        if current.revision != expected_revision:
+            return False
+        self._records[rec.id] = rec
+        return True
+
+    async def delete(self, session_id: str) -> bool:
+        self._tombstones.pop(session_id, None)
+        return self._records.pop(session_id, None) is not None
+
+    async def evict(self, session_id: str, reason: str = "evicted") -> bool:
+        rec = self._records.get(session_id)
+        if rec is None:
+            return False
+        self._bury(rec, reason, self._clock())
+        return True
+
+    async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
+        now = self._clock()
+        return [
+            r
+            for r in self._records.values()
+            if r.owner == owner and r.kind == kind and now < r.expires_at
+        ]
+
+    async def count(self) -> int:
+        return len(self._records)
+
+    async def ping(self) -> None:
+        return None
+
+    async def sweep(self) -> int:
+        now = self._clock()
+        expired = [r for r in self._records.values() if now >= r.expires_at]
+        for rec in expired:
+            self._bury(rec, "expired", rec.expires_at)
+        for sid in [s for s, t in self._tombstones.items() if now >= t.until]:
+            del self._tombstones[sid]
+        return len(expired)
+
+    async def close(self) -> None:
+        return None

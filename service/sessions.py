@@ -1,0 +1,411 @@
+"""The session manager: stateful inference over a ``SessionStore``, with no protocol in it.
+
+Guarantees (for /v1 sessions, the WebSocket stream and /v2 sequences alike):
+- steps on one session apply one at a time, in arrival order (a per-session lock in
+  this process, compare-and-set on the record's revision across replicas);
+- a step that fails anywhere (validation, model, store) leaves the stored session as it was;
+- a request with ``offset`` is applied at most once: a retry of the last applied request
+  gets the same response again, marked replayed; any other mismatch is an ``OffsetConflict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.encoding import decode_steps, inputs_digest, parse_body_inputs
+from service.errors import (
+    InvalidInput,
+    ModelNotFound,
+    OffsetConflict,
+    SessionGone,
+    SessionNotFound,
+    StoreUnavailable,
+)
+from service.generation import GenerateOptions, GenStep, Rollout, rollout
+from service.metrics import Metrics
+from service.registry import LoadedModel, ModelRegistry, State
+from service.runner import Runner
+from service.session_store import LastApplied, SessionRecord, SessionStore
+from service.settings import Settings
+
+_CAS_ATTEMPTS = 8
+
+
+def new_session_id() -> str:
+    """160 random bits, URL-safe."""
+    return secrets.token_urlsafe(20)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def session_view(rec: SessionRecord) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "model": rec.model,
+        "version": rec.version,
+        "steps": rec.steps,
+        "created_at": _iso(rec.created_at),
+        "expires_at": _iso(rec.expires_at),
+        "ttl_seconds": rec.ttl_seconds,
+    }
+
+
+@dataclass(frozen=True)
+class StepResult:
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class _Locks:
+    """Per-session asyncio locks that disappear when nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def __call__(self, key: str) -> _Held:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._release_user(key)
+            raise
+        return _Held(self, key, lock)
+
+    def _release_user(self, key: str) -> None:
+        lock, users = self._locks[key]
+        if users <= 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
+
+
+class _Held:
+    def __init__(self, owner: _Locks, key: str, lock: asyncio.Lock) -> None:
+        self._owner, self._key, self._lock = owner, key, lock
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._owner._release_user(self._key)
+
+
+class SessionManager:
+    def __init__(
+        self,
+        store: SessionStore,
+        registry: ModelRegistry,
+        runner: Runner,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.runner = runner
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self._locks = _Locks()
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    async def get(self, owner: str, session_id: str, kind: str = "session") -> SessionRecord:
+        rec = await self.store.load(session_id)
+        if rec.owner != owner or rec.kind != kind:
+            raise SessionNotFound(f"no session {session_id!r}")
+        return rec
+
+    def model_of(self, rec: SessionRecord) -> LoadedModel:
+        try:
+            return self.registry.get(rec.model, rec.version)
+        except ModelNotFound as exc:
+            raise SessionGone(
+                f"session {rec.id!r}: model {rec.model} version {rec.version} was removed",
+                "evicted",
+            ) from exc
+
+    async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
+        recs = await self.store.list(owner, kind)
+        return sorted(recs, key=lambda r: (r.created_at, r.id))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _ttl(self, ttl: object) -> int:
+        if ttl is None:
+            return self.settings.session_ttl_seconds
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+            raise InvalidInput("ttl_seconds must be a positive integer")
+        if ttl > self.settings.max_session_ttl_seconds:
+            raise InvalidInput(
+                f"ttl_seconds {ttl} exceeds the limit of {self.settings.max_session_ttl_seconds}"
+            )
+        return ttl
+
+    async def create(
+        self,
+        owner: str,
+        model_name: str,
+        version: int | None = None,
+        ttl: object = None,
+        state: dict[str, Any] | None = None,
+        steps: object = None,
+        kind: str = "session",
+        session_id: str | None = None,
+    ) -> SessionRecord:
+        model = self.registry.get(model_name, version)
+        ttl_s = self._ttl(ttl)
+        init_state = self.decode_state(model, state) if state is not None else model.zero_state()
+        if steps is None:
+            steps = 0
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise InvalidInput("steps must be a non-negative integer")
+        if state is None and steps:
+            raise InvalidInput("steps can only be given together with state")
+        now = self.clock()
+        rec = SessionRecord(
+            id=session_id or new_session_id(),
+            owner=owner,
+            model=model.name,
+            version=model.version,
+            steps=steps,
+            created_at=now,
+            ttl_seconds=ttl_s,
+            expires_at=now + ttl_s,
+            state=init_state,
+            kind=kind,
+        )
+        await self.store.create(rec, self.settings.max_sessions)
+        if self.metrics is not None:
+            self.metrics.sessions_created.inc()
+        return rec
+
+    async def delete(self, owner: str, session_id: str, kind: str = "session") -> None:
+        async with await self._locks(session_id):
+            await self.get(owner, session_id, kind)
+            await self.store.delete(session_id)
+
+    async def _update(
+        self,
+        owner: str,
+        session_id: str,
+        kind: str,
+        change: Callable[[SessionRecord], SessionRecord],
+    ) -> SessionRecord:
+        async with await self._locks(session_id):
+            for _ in range(_CAS_ATTEMPTS):
+                rec = await self.get(owner, session_id, kind)
+                new = replace(change(rec), revision=rec.revision + 1).touched(self.clock())
+                if await self.store.save(new, rec.revision):
+                    return new
+        raise StoreUnavailable(f"session {session_id!r} is contended; retry")
+
+    async def reset(self, owner: str, session_id: str, kind: str = "session") -> SessionRecord:
+        def change(rec: SessionRecord) -> SessionRecord:
+            model = self.model_of(rec)
+            return replace(rec, steps=0, state=model.zero_state(), last_output=None, last=None)
+
+        return await self._update(owner, session_id, kind, change)
+
+    async def fork(self, owner: str, session_id: str, ttl: object = None) -> SessionRecord:
+        src = await self.get(owner, session_id)
+        self.model_of(src)
+        ttl_s = self._ttl(ttl) if ttl is not None else src.ttl_seconds
+        now = self.clock()
+        rec = replace(
+            src,
+            id=new_session_id(),
+            created_at=now,
+            ttl_seconds=ttl_s,
+            expires_at=now + ttl_s,
+            last=None,
+            revision=0,
+        )
+        await self.store.create(rec, self.settings.max_sessions)
+        if self.metrics is not None:
+            self.metrics.sessions_created.inc()
+        return rec
+
+    # -- state export / import -------------------------------------------------------------
+
+    @staticmethod
+    def encode_state(rec: SessionRecord) -> dict[str, Any]:
+        return {
+            name: {
+                "shape": list(arr.shape),
+                "dtype": "float32",
+                "data_b64": base64.b64encode(
+                    np.ascontiguousarray(arr, dtype="<f4").tobytes()
+                ).decode(),
+            }
+            for name, arr in rec.state.items()
+        }
+
+    @staticmethod
+    def decode_state(model: LoadedModel, doc: object) -> State:
+        if not isinstance(doc, dict):
+            raise InvalidInput("state must be an object of state tensors", code="invalid_state")
+        want = {s.name: s for s in model.manifest.state}
+        if set(doc) != set(want):
+            raise InvalidInput(
+                f"state must have exactly the tensors {sorted(want)}, got {sorted(doc)}",
+                code="invalid_state",
+            )
+        out: State = {}
+        for name, spec in want.items():
+            t = doc[name]
+            if not isinstance(t, dict):
+                raise InvalidInput(f"state.{name} must be an object", code="invalid_state")
+            if t.get("dtype") != "float32":
+                raise InvalidInput(f"state.{name}.dtype must be float32", code="invalid_state")
+            if t.get("shape") != spec.shape:
+                raise InvalidInput(
+                    f"state.{name}.shape must be {spec.shape}, got {t.get('shape')}",
+                    code="invalid_state",
+                )
+            data = t.get("data_b64")
+            if not isinstance(data, str):
+                raise InvalidInput(f"state.{name}.data_b64 must be a string", code="invalid_state")
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidInput(
+                    f"state.{name}.data_b64 is not valid base64", code="invalid_state"
+                ) from exc
+            n = int(np.prod(spec.shape))
+            if len(raw) != 4 * n:
+                raise InvalidInput(
+                    f"state.{name} needs {4 * n} bytes of float32 data, got {len(raw)}",
+                    code="invalid_state",
+                )
+            arr = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(spec.shape)
+            if not np.isfinite(arr).all():
+                raise InvalidInput(f"state.{name} has non-finite values", code="invalid_state")
+            out[name] = arr
+        return out
+
+    # -- stepping ---------------------------------------------------------------------------
+
+    def parse_step(self, model: LoadedModel, body: dict[str, Any]) -> np.ndarray:
+        seqs, batched = parse_body_inputs(
+            model.manifest, body, self.settings.max_steps_per_request, 1
+        )
+        if batched:
+            raise InvalidInput("a step takes one sequence of steps, not a batch")
+        return seqs[0]
+
+    @staticmethod
+    def _offset(body: dict[str, Any]) -> int | None:
+        offset = body.get("offset")
+        if offset is None:
+            return None
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise InvalidInput("offset must be a non-negative integer")
+        return offset
+
+    async def step(
+        self, owner: str, session_id: str, body: dict[str, Any], kind: str = "session"
+    ) -> StepResult:
+        """Apply one step request (``inputs`` or ``text``, optional ``offset``)."""
+        offset = self._offset(body)
+        async with await self._locks(session_id):
+            for _ in range(_CAS_ATTEMPTS):
+                rec = await self.get(owner, session_id, kind)
+                model = self.model_of(rec)
+                x = self.parse_step(model, body)
+                digest = inputs_digest(x)
+                last = rec.last
+                if offset is not None:
+                    if (
+                        last is not None
+                        and offset == last.offset
+                        and digest == last.digest
+                        and rec.steps == last.offset + last.n_steps
+                    ):
+                        replay: dict[str, Any] = orjson.loads(last.response)
+                        replay["replayed"] = True
+                        return StepResult(replay, replayed=True)
+                    if offset != rec.steps:
+                        raise OffsetConflict(
+                            f"offset {offset} does not match the session's {rec.steps} steps",
+                            steps=rec.steps,
+                        )
+                (res,) = await self.runner.run(model, [x], [rec.state])
+                steps = rec.steps + int(x.shape[0])
+                body_out: dict[str, Any] = {
+                    "id": rec.id,
+                    "steps": steps,
+                    "outputs": decode_steps(
+                        model.manifest, res.outputs, self.settings.top_k_default
+                    ),
+                }
+                new = replace(
+                    rec,
+                    steps=steps,
+                    state=res.state,
+                    last_output=res.outputs[-1],
+                    last=LastApplied(rec.steps, int(x.shape[0]), digest, orjson.dumps(body_out)),
+                    revision=rec.revision + 1,
+                ).touched(self.clock())
+                if await asyncio.shield(self.store.save(new, rec.revision)):
+                    return StepResult(body_out)
+        raise StoreUnavailable(f"session {session_id!r} is contended; retry")
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        owner: str,
+        session_id: str,
+        context: np.ndarray | None,
+        opts: GenerateOptions,
+        advance: bool,
+        result: Rollout,
+    ) -> AsyncIterator[GenStep]:
+        """Roll out from the session's state; with ``advance`` the session takes the result.
+
+        The session is locked for the whole roll-out when advancing, so no step interleaves.
+        """
+        if not advance:
+            rec = await self.get(owner, session_id)
+            model = self.model_of(rec)
+            async for step in rollout(
+                self.runner, model, rec.state, rec.last_output, context, opts, result
+            ):
+                yield step
+            return
+        async with await self._locks(session_id):
+            rec = await self.get(owner, session_id)
+            model = self.model_of(rec)
+            async for step in rollout(
+                self.runner, model, rec.state, rec.last_output, context, opts, result
+            ):
+                yield step
+            new = replace(
+                rec,
+                steps=rec.steps + result.fed_steps,
+                state=result.state,
+                last_output=result.last_output,
+                last=None,
+                revision=rec.revision + 1,
+            ).touched(self.clock())
+            if not await asyncio.shield(self.store.save(new, rec.revision)):
+                raise StoreUnavailable(f"session {session_id!r} changed during generation; retry")
+
+    async def sweep(self) -> int:
+        expired = await self.store.sweep()
+        return expired

@@ -1,0 +1,72 @@
+"""All configuration, read once from ``LSTM_SERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_STORE = Path(__file__).resolve().parent.parent / "model_store"
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set as ``LSTM_SERVE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LSTM_SERVE_", extra="ignore", frozen=True)
+
+    model_store: Path = DEFAULT_MODEL_STORE
+    """Directory holding ``<name>/<version>/`` model versions."""
+
+    session_store: str = "memory"
+    """``memory`` for in-process sessions, or a ``redis://`` URL to share them across replicas."""
+
+    session_ttl_seconds: int = Field(default=3600, ge=1, le=30 * 86400)
+    """Idle time before a session expires, unless the session asks for another TTL."""
+
+    max_session_ttl_seconds: int = Field(default=7 * 86400, ge=1)
+    """Largest ``ttl_seconds`` a client may ask for."""
+
+    max_sessions: int = Field(default=100_000, ge=1)
+    """Live sessions allowed at once; creation beyond answers 429."""
+
+    max_steps_per_request: int = Field(default=4096, ge=1)
+    """Most time steps in one step, predict or generate request (per sequence)."""
+
+    max_batch_sequences: int = Field(default=256, ge=1)
+    """Most sequences in one predict request."""
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest request body accepted; larger answers 413 before it is read whole."""
+
+    api_keys: str = ""
+    """Comma-separated API keys; empty means no authentication."""
+
+    batch_max_size: int = Field(default=64, ge=1)
+    """Most sequences the batcher puts into one onnxruntime run."""
+
+    batch_max_wait_us: int = Field(default=500, ge=0)
+    """Longest the batcher waits for more work once a run could start (microseconds)."""
+
+    ort_threads: int = Field(default=1, ge=0)
+    """onnxruntime intra-op threads per model (0 lets onnxruntime choose)."""
+
+    top_k_default: int = Field(default=5, ge=1)
+    """Tokens returned per position in a language model's next-token distribution."""
+
+    max_generate_steps: int = Field(default=2048, ge=1)
+    """Most steps one generate request may ask for."""
+
+    request_log: bool = True
+    """Write one structured access-log line per request."""
+
+    @field_validator("session_store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        if v != "memory" and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be 'memory' or a redis:// URL")
+        return v
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
