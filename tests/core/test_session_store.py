@@ -1,0 +1,545 @@
+"""One suite for every ``SessionStore``: the in-memory store and Redis (a real server).
+
+Memory runs on a fake clock; Redis on real time with one-second TTLs, since its expiry is
+Redis's own. Each Redis case gets a unique key prefix and deletes its keys afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from service.errors import CapacityReached, SessionGone, SessionNotFound, StoreUnavailable
+from service.redis_store import RedisStore
+from service.session_store import LastApplied, MemoryStore, SessionRecord, SessionStore
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+TTL = 1
+"""Seconds; Redis expiry is real time, so the expiry cases wait about two TTLs."""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Backend:
+    """A store under test, plus what the tests need to drive it the same way on each kind."""
+
+    store: SessionStore
+    clock: Callable[[], float]
+    advance: Callable[[float], Awaitable[None]]
+    gone: list[str] = field(default_factory=list)
+    another: Callable[[], SessionStore] | None = None
+    """A second store on the same data, as another replica would have (Redis only)."""
+
+
+async def _cleanup(prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        clock = FakeClock()
+        gone: list[str] = []
+
+        async def advance(seconds: float) -> None:
+            clock.now += seconds
+
+        yield Backend(MemoryStore(clock=clock, on_gone=gone.append), clock, advance, gone)
+        return
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    gone = []
+    extra: list[RedisStore] = []
+
+    def another() -> SessionStore:
+        s = RedisStore.from_url(REDIS_URL, prefix=prefix)
+        extra.append(s)
+        return s
+
+    store = RedisStore.from_url(REDIS_URL, on_gone=gone.append, prefix=prefix)
+    try:
+        yield Backend(store, time.time, asyncio.sleep, gone, another)
+    finally:
+        await store.close()
+        for s in extra:
+            await s.close()
+        await _cleanup(prefix)
+
+
+_rng = np.random.default_rng(7)
+
+
+def make_record(
+    now: float,
+    owner: str = "alice",
+    kind: str = "session",
+    ttl: int = TTL,
+    session_id: str | None = None,
+) -> SessionRecord:
+    return SessionRecord(
+        id=session_id or uuid.uuid4().hex,
+        owner=owner,
+        model="weather_lstm",
+        version=2,
+        steps=0,
+        created_at=now,
+        ttl_seconds=ttl,
+        expires_at=now + ttl,
+        state={
+            "h": _rng.standard_normal((2, 1, 8)).astype(np.float32),
+            "c": _rng.standard_normal((2, 1, 8)).astype(np.float32),
+        },
+        kind=kind,
+    )
+
+
+def stepped(rec: SessionRecord, now: float, n: int = 3) -> SessionRecord:
+    """``rec`` after a step of ``n`` inputs, as the session manager would save it."""
+    return replace(
+        rec,
+        steps=rec.steps + n,
+        state={k: v + 1.0 for k, v in rec.state.items()},
+        last_output=np.arange(4, dtype=np.float32) + rec.steps,
+        last=LastApplied(rec.steps, n, f"digest-{rec.steps}", b'{"id": "x", "steps": 3}'),
+        revision=rec.revision + 1,
+    ).touched(now)
+
+
+def assert_same(a: SessionRecord, b: SessionRecord) -> None:
+    scalars = ("id", "owner", "model", "version", "steps", "kind", "revision")
+    times = ("created_at", "ttl_seconds", "expires_at")
+    for name in scalars + times:
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.state.keys() == b.state.keys()
+    for k in a.state:
+        assert a.state[k].dtype == np.float32
+        np.testing.assert_array_equal(a.state[k], b.state[k])
+    if a.last_output is None or b.last_output is None:
+        assert a.last_output is None and b.last_output is None
+    else:
+        np.testing.assert_array_equal(a.last_output, b.last_output)
+    assert a.last == b.last
+
+
+# -- create, load, save -------------------------------------------------------------------
+
+
+async def test_create_then_load_round_trips_the_record(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, max_sessions=10)
+    assert_same(await backend.store.load(rec.id), rec)
+
+
+async def test_loaded_state_is_writable_and_detached(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    loaded = await backend.store.load(rec.id)
+    loaded.state["h"] += 1.0
+    np.testing.assert_array_equal((await backend.store.load(rec.id)).state["h"], rec.state["h"])
+
+
+async def test_unknown_session_is_not_found(backend: Backend) -> None:
+    with pytest.raises(SessionNotFound):
+        await backend.store.load("nope")
+
+
+async def test_save_is_compare_and_set_on_revision(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    first = stepped(rec, backend.clock())
+    assert await backend.store.save(first, expected_revision=0)
+    assert_same(await backend.store.load(rec.id), first)
+
+    stale = stepped(rec, backend.clock(), n=5)
+    assert not await backend.store.save(stale, expected_revision=0)
+    assert_same(await backend.store.load(rec.id), first)
+
+    second = stepped(first, backend.clock())
+    assert await backend.store.save(second, expected_revision=1)
+    loaded = await backend.store.load(rec.id)
+    assert (loaded.revision, loaded.steps) == (2, 6)
+
+
+async def test_save_clears_fields_the_new_record_lacks(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    one = stepped(rec, backend.clock())
+    assert await backend.store.save(one, 0)
+    reset = replace(one, steps=0, last_output=None, last=None, revision=2)
+    assert await backend.store.save(reset, 1)
+    assert_same(await backend.store.load(rec.id), reset)
+
+
+async def test_save_of_a_vanished_session_raises(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    with pytest.raises(SessionNotFound):
+        await backend.store.save(stepped(rec, backend.clock()), 0)
+
+
+# -- expiry, eviction, deletion --------------------------------------------------------------
+
+
+async def test_expired_session_is_gone_for_a_ttl_then_not_found(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    await backend.advance(TTL + 0.1)
+    with pytest.raises(SessionGone) as info:
+        await backend.store.load(rec.id)
+    assert (info.value.reason, info.value.code) == ("expired", "session_expired")
+    with pytest.raises(SessionGone):
+        await backend.store.save(stepped(rec, backend.clock()), 0)
+    assert await backend.store.count() == 0
+    await backend.advance(TTL)
+    with pytest.raises(SessionNotFound):
+        await backend.store.load(rec.id)
+
+
+async def test_save_extends_the_expiry(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    await backend.advance(0.6 * TTL)
+    assert await backend.store.save(stepped(rec, backend.clock()), 0)
+    await backend.advance(0.6 * TTL)
+    assert (await backend.store.load(rec.id)).steps == 3
+
+
+async def test_sweep_counts_expired_sessions_once(backend: Backend) -> None:
+    recs = [make_record(backend.clock()) for _ in range(2)]
+    for rec in recs:
+        await backend.store.create(rec, 10)
+    keep = make_record(backend.clock(), ttl=60)
+    await backend.store.create(keep, 10)
+    await backend.advance(TTL + 0.1)
+    assert await backend.store.sweep() == 2
+    assert await backend.store.sweep() == 0
+    assert backend.gone == ["expired", "expired"]
+    assert await backend.store.count() == 1
+    with pytest.raises(SessionGone):
+        await backend.store.load(recs[0].id)
+
+
+async def test_evicted_session_is_gone_for_a_ttl_then_not_found(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    assert await backend.store.evict(rec.id)
+    assert not await backend.store.evict(rec.id)
+    assert backend.gone == ["evicted"]
+    with pytest.raises(SessionGone) as info:
+        await backend.store.load(rec.id)
+    assert (info.value.reason, info.value.code) == ("evicted", "session_evicted")
+    with pytest.raises(SessionGone):
+        await backend.store.save(stepped(rec, backend.clock()), 0)
+    assert await backend.store.count() == 0
+    await backend.advance(TTL + 0.1)
+    with pytest.raises(SessionNotFound):
+        await backend.store.load(rec.id)
+
+
+async def test_delete_removes_the_session_and_leaves_no_tombstone(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    assert await backend.store.delete(rec.id)
+    with pytest.raises(SessionNotFound):
+        await backend.store.load(rec.id)
+    assert not await backend.store.delete(rec.id)
+
+    other = make_record(backend.clock())
+    await backend.store.create(other, 10)
+    await backend.store.evict(other.id)
+    assert not await backend.store.delete(other.id)
+    with pytest.raises(SessionNotFound):
+        await backend.store.load(other.id)
+
+
+async def test_creating_over_a_tombstone_revives_the_id(backend: Backend) -> None:
+    rec = make_record(backend.clock())
+    await backend.store.create(rec, 10)
+    await backend.store.evict(rec.id)
+    await backend.store.create(rec, 10)
+    assert_same(await backend.store.load(rec.id), rec)
+
+
+# -- listing, counting, capacity -------------------------------------------------------------
+
+
+async def test_list_is_per_owner_and_kind(backend: Backend) -> None:
+    now = backend.clock()
+    a1, a2 = make_record(now, "alice", ttl=60), make_record(now, "alice", ttl=60)
+    seq = make_record(now, "alice", kind="sequence", ttl=60)
+    b1 = make_record(now, "bob", ttl=60)
+    for rec in (a1, a2, seq, b1):
+        await backend.store.create(rec, 10)
+
+    assert {r.id for r in await backend.store.list("alice")} == {a1.id, a2.id}
+    assert [r.id for r in await backend.store.list("alice", "sequence")] == [seq.id]
+    assert [r.id for r in await backend.store.list("bob")] == [b1.id]
+    assert await backend.store.list("carol") == []
+    assert_same(next(r for r in await backend.store.list("bob")), b1)
+
+    await backend.store.delete(a1.id)
+    await backend.store.evict(seq.id)
+    assert [r.id for r in await backend.store.list("alice")] == [a2.id]
+    assert await backend.store.list("alice", "sequence") == []
+
+
+async def test_list_leaves_out_expired_sessions(backend: Backend) -> None:
+    short = make_record(backend.clock())
+    long = make_record(backend.clock(), ttl=60)
+    await backend.store.create(short, 10)
+    await backend.store.create(long, 10)
+    await backend.advance(TTL + 0.1)
+    assert [r.id for r in await backend.store.list("alice")] == [long.id]
+
+
+async def test_count_is_live_sessions_of_all_owners(backend: Backend) -> None:
+    assert await backend.store.count() == 0
+    recs = [make_record(backend.clock(), owner, ttl=60) for owner in ("alice", "bob", "bob")]
+    for rec in recs:
+        await backend.store.create(rec, 10)
+    assert await backend.store.count() == 3
+    await backend.store.delete(recs[0].id)
+    await backend.store.evict(recs[1].id)
+    assert await backend.store.count() == 1
+
+
+async def test_capacity_is_enforced_and_freed(backend: Backend) -> None:
+    now = backend.clock()
+    first, second = make_record(now, ttl=60), make_record(now)
+    await backend.store.create(first, max_sessions=2)
+    await backend.store.create(second, max_sessions=2)
+    with pytest.raises(CapacityReached):
+        await backend.store.create(make_record(now), max_sessions=2)
+
+    await backend.store.delete(first.id)
+    await backend.store.create(make_record(now, ttl=60), max_sessions=2)
+    with pytest.raises(CapacityReached):
+        await backend.store.create(make_record(now), max_sessions=2)
+
+    await backend.advance(TTL + 0.1)
+    await backend.store.create(make_record(backend.clock()), max_sessions=2)
+    assert await backend.store.count() == 2
+    assert backend.gone == ["expired"]
+
+
+async def test_ping_answers(backend: Backend) -> None:
+    await backend.store.ping()
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+async def test_concurrent_increments_lose_nothing(backend: Backend) -> None:
+    """Workers do load, step, compare-and-set, retrying on conflict, as the session manager."""
+    stores = [backend.store, backend.another() if backend.another else backend.store]
+    rec = make_record(backend.clock(), ttl=60)
+    await backend.store.create(rec, 10)
+    conflicts = 0
+
+    async def worker(store: SessionStore, n: int) -> None:
+        nonlocal conflicts
+        for _ in range(n):
+            while True:
+                cur = await store.load(rec.id)
+                await asyncio.sleep(0)
+                if await store.save(stepped(cur, backend.clock(), n=1), cur.revision):
+                    break
+                conflicts += 1
+
+    await asyncio.gather(*(worker(stores[i % 2], 25) for i in range(4)))
+    final = await backend.store.load(rec.id)
+    assert (final.steps, final.revision) == (100, 100)
+    assert conflicts > 0, "the workers never raced; the test proves nothing"
+
+
+@pytest.mark.redis
+async def test_two_replicas_racing_one_save_exactly_one_wins() -> None:
+    prefix = f"test:{uuid.uuid4().hex}:"
+    a = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    b = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    try:
+        rec = make_record(time.time(), ttl=60)
+        await a.create(rec, 10)
+        for _ in range(50):
+            cur = await a.load(rec.id)
+            mine = stepped(cur, time.time(), n=1)
+            theirs = replace(stepped(cur, time.time(), n=2), revision=cur.revision + 1)
+            won = await asyncio.gather(a.save(mine, cur.revision), b.save(theirs, cur.revision))
+            assert sorted(won) == [False, True]
+            after = await b.load(rec.id)
+            assert after.steps == cur.steps + (1 if won[0] else 2)
+        assert (await a.load(rec.id)).revision == 50
+    finally:
+        await a.close()
+        await b.close()
+        await _cleanup(prefix)
+
+
+# -- outage and recovery (Redis) ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThrowawayRedis:
+    """A ``redis-server`` of our own on a free port, to kill, freeze and bring back."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("throwaway redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+
+@pytest.fixture
+def throwaway_redis() -> Iterator[ThrowawayRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (Debian package redis-server)")
+    server = ThrowawayRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            server.signal(signal.SIGCONT)
+        server.kill()
+
+
+async def _timed_unavailable(op: Awaitable[object]) -> float:
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        await op
+    assert info.value.code == "session_store_unavailable"
+    return time.monotonic() - start
+
+
+@pytest.mark.redis
+async def test_nothing_listening_answers_unavailable_quickly() -> None:
+    store = RedisStore.from_url(f"redis://127.0.0.1:{_free_port()}/0")
+    try:
+        assert await _timed_unavailable(store.ping()) < 1.0
+        assert await _timed_unavailable(store.load("x")) < 1.0
+        assert await _timed_unavailable(store.create(make_record(time.time()), 10)) < 1.0
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_killed_redis_is_unavailable_and_recovers_without_a_new_store(
+    throwaway_redis: ThrowawayRedis,
+) -> None:
+    store = RedisStore.from_url(throwaway_redis.url)
+    try:
+        rec = make_record(time.time(), ttl=60)
+        await store.create(rec, 10)
+        assert (await store.load(rec.id)).id == rec.id
+
+        throwaway_redis.kill()
+        assert await _timed_unavailable(store.load(rec.id)) < 1.0
+        assert await _timed_unavailable(store.save(stepped(rec, time.time()), 0)) < 1.0
+        assert await _timed_unavailable(store.ping()) < 1.0
+
+        throwaway_redis.start()
+        await store.ping()
+        with pytest.raises(SessionNotFound):  # it kept nothing on disk
+            await store.load(rec.id)
+        await store.create(rec, 10)  # the scripts are loaded again on NOSCRIPT
+        assert await store.save(stepped(rec, time.time()), 0)
+        assert (await store.load(rec.id)).steps == 3
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_hung_redis_times_out_and_recovers(throwaway_redis: ThrowawayRedis) -> None:
+    store = RedisStore.from_url(throwaway_redis.url, socket_timeout=0.3)
+    try:
+        rec = make_record(time.time(), ttl=60)
+        await store.create(rec, 10)
+        throwaway_redis.signal(signal.SIGSTOP)
+        assert await _timed_unavailable(store.load(rec.id)) < 1.0
+        throwaway_redis.signal(signal.SIGCONT)
+        assert (await store.load(rec.id)).id == rec.id
+        assert await store.save(stepped(rec, time.time()), 0)
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_restarted_while_idle_costs_no_failed_request(
+    throwaway_redis: ThrowawayRedis,
+) -> None:
+    store = RedisStore.from_url(throwaway_redis.url)
+    try:
+        await store.create(make_record(time.time(), ttl=60), 10)
+        throwaway_redis.kill()
+        throwaway_redis.start()
+        await asyncio.sleep(0.05)  # the pooled connection sees the old server's EOF
+        await store.ping()
+        await store.create(make_record(time.time(), ttl=60), 10)
+        assert await store.count() == 1
+    finally:
+        await store.close()
