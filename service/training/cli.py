@@ -1,0 +1,111 @@
+"""Command lines for ``lstm-serve train`` and ``lstm-serve import`` (dispatched by service.cli).
+
+Run directly as ``python -m service.training.cli train RECIPE`` or ``... import FILE.onnx``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from service.errors import ModelStoreError
+from service.settings import Settings
+
+
+def _default_store() -> Path:
+    return Settings().model_store
+
+
+def train_main(args: list[str]) -> int:
+    """``lstm-serve train RECIPE``: train, evaluate, export, verify and write a new version."""
+    from service.training.export import ExportVerificationError
+    from service.training.recipes import RECIPES
+    from service.training.train import BaselineNotBeaten, run_recipe
+
+    parser = argparse.ArgumentParser(
+        prog="lstm-serve train",
+        description="Train a bundled recipe deterministically and write the next model version.",
+    )
+    parser.add_argument("recipe", choices=sorted(RECIPES), help="which recipe to train")
+    parser.add_argument(
+        "--store", type=Path, default=None, help="model store (default: LSTM_SERVE_MODEL_STORE)"
+    )
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--hidden", type=int, help="override the hidden size")
+    parser.add_argument("--layers", type=int, help="override the number of layers")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    parser.add_argument("--limit-rows", type=int, help="use only part of the data (quick runs)")
+    parser.add_argument("--test-rows", type=int, help="held-out tail length (forecasters)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse to write a model that loses to a baseline"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="train and verify, write nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    ns = parser.parse_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    recipe = RECIPES[ns.recipe]
+    overrides: dict[str, object] = {}
+    for option, field_name in (
+        ("epochs", "epochs"),
+        ("hidden", "hidden"),
+        ("layers", "layers"),
+        ("seed", "seed"),
+        ("limit_rows", "limit_rows"),
+        ("test_rows", "test_rows"),
+    ):
+        value = getattr(ns, option)
+        if value is not None:
+            if field_name not in {f.name for f in dataclasses.fields(recipe)}:
+                parser.error(f"--{option.replace('_', '-')} does not apply to {ns.recipe}")
+            overrides[field_name] = value
+    recipe = dataclasses.replace(recipe, **overrides)  # type: ignore[arg-type]
+    if ns.threads is not None:
+        import torch
+
+        torch.set_num_threads(ns.threads)
+
+    store = None if ns.dry_run else (ns.store or _default_store())
+    try:
+        result = run_recipe(recipe, store, strict=ns.strict, progress=not ns.quiet)
+    except (BaselineNotBeaten, ExportVerificationError, ModelStoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    m = result.manifest
+    print(f"{m.name}: trained in {result.train_seconds:.1f} s")
+    for key, value in m.metrics.items():
+        if "." not in key:
+            print(f"  {key:24s} {value:.4f}")
+    print(
+        f"  parity: onnxruntime vs torch {result.parity.torch_vs_onnx:.2e}, "
+        f"step vs whole {result.parity.step_vs_whole:.2e}"
+    )
+    if result.evaluation.not_beaten:
+        print(f"  WARNING: does not beat {', '.join(result.evaluation.not_beaten)}")
+    print(f"  written to {result.path}" if result.path else "  (dry run: nothing written)")
+    return 0
+
+
+def import_main(args: list[str]) -> int:
+    """``lstm-serve import FILE.onnx --name NAME``: adopt an LSTM/GRU graph exported elsewhere."""
+    from service.training.importer import main
+
+    return main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in {"train", "import"}:
+        print("usage: python -m service.training.cli {train,import} ...", file=sys.stderr)
+        return 2
+    if argv[0] == "train":
+        return train_main(argv[1:])
+    return import_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

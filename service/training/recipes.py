@@ -1,0 +1,126 @@
+"""The bundled recipes: what to train on, how big, for how long.
+
+Hyperparameters are fixed here and never tuned on the held-out tail; the tail is only used
+for the final metrics and the baseline comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.training.data import Series, load_seattle_temps, load_seattle_weather
+from service.training.networks import Cell
+
+
+@dataclass(frozen=True)
+class ForecastRecipe:
+    """Next-step forecasting of a multivariate series, evaluated on the last ``test_rows``."""
+
+    name: str
+    description: str
+    cell: Cell
+    load: Callable[[], Series]
+    hidden: int
+    layers: int
+    epochs: int
+    window: int
+    """Training window length in steps."""
+    batch_size: int
+    lr: float
+    test_rows: int
+    seasonal_lag: int
+    """Lag of the seasonal naive baseline in steps."""
+    burn_in: int
+    """Steps at the start of each window left out of the loss (the state is still warming up)."""
+    windows_per_epoch: int
+    limit_rows: int | None = None
+    """Use only the first ``limit_rows`` rows (quick tests, or validation runs that hold out
+    the last year of training data)."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CharLMRecipe:
+    """Character-level language model on the pydoc topics text, evaluated on its tail."""
+
+    name: str
+    description: str
+    cell: Cell
+    hidden: int
+    layers: int
+    embed: int
+    epochs: int
+    window: int
+    batch_size: int
+    lr: float
+    test_fraction: float
+    min_count: int
+    """Characters seen fewer times in the training text map to the unknown id."""
+    windows_per_epoch: int | None = None
+    """Default: as many windows as fit in the training text."""
+    limit_rows: int | None = None
+    """Use only the first ``limit_rows`` characters (for quick tests)."""
+    seed: int = 0
+
+
+Recipe = ForecastRecipe | CharLMRecipe
+
+RECIPES: dict[str, Recipe] = {
+    "weather_lstm": ForecastRecipe(
+        name="weather_lstm",
+        description=(
+            "Daily Seattle weather (precipitation mm, temp_max °C, temp_min °C, wind m/s), "
+            "2012-2015: a 2-layer LSTM predicting the next day's four values. Autoregressive: "
+            "generate feeds each predicted day back as the next input."
+        ),
+        cell="lstm",
+        load=load_seattle_weather,
+        hidden=64,
+        layers=2,
+        epochs=20,
+        window=90,
+        batch_size=32,
+        lr=3e-3,
+        test_rows=365,
+        seasonal_lag=365,
+        burn_in=14,
+        windows_per_epoch=128,
+    ),
+    "temps_gru": ForecastRecipe(
+        name="temps_gru",
+        description=(
+            "Hourly Seattle temperature (°F) for 2010: a GRU predicting the next hour. "
+            "Autoregressive: generate feeds each predicted hour back as the next input."
+        ),
+        cell="gru",
+        load=load_seattle_temps,
+        hidden=64,
+        layers=1,
+        epochs=40,
+        window=168,
+        batch_size=32,
+        lr=3e-3,
+        test_rows=24 * 61,
+        seasonal_lag=24,
+        burn_in=24,
+        windows_per_epoch=256,
+    ),
+    "pydoc_char_lstm": CharLMRecipe(
+        name="pydoc_char_lstm",
+        description=(
+            "Character-level LSTM language model on the Python language reference "
+            "(the standard library's pydoc_data.topics). Generates Python-documentation-like text."
+        ),
+        cell="lstm",
+        hidden=256,
+        layers=1,
+        embed=64,
+        epochs=6,
+        window=128,
+        batch_size=64,
+        lr=3e-3,
+        test_fraction=0.1,
+        min_count=3,
+    ),
+}
