@@ -1,0 +1,199 @@
+"""The WebSocket adapter: ``WS /v1/sessions/{id}/stream``, one step per frame.
+
+Protocol (see ``docs/streaming.md``):
+
+- every client frame (text, or binary holding UTF-8 JSON) is a step body exactly as for
+  ``POST /v1/sessions/{id}/step``; every reply is a text frame with the step response,
+  in the order the frames arrived;
+- a frame that fails (bad JSON, bad inputs, offset conflict, store unavailable, ...) gets
+  ``{"error": {problem details}}`` and the socket stays open;
+- the socket is closed with 4404 when the session does not exist (at connect, or when it
+  is deleted), 4410 when it expired or was evicted, and 4401 when the API key is missing
+  or wrong. The close reason is the problem ``code``.
+
+Authentication takes the ``Authorization: Bearer <key>`` header, or, for browsers that
+cannot set headers, the subprotocol ``bearer.<key>`` (echoed back on accept) or the
+``api_key`` query parameter. The handshake is always accepted so that browsers see the
+close code; an unauthenticated socket is closed at once with 4401.
+
+The session is checked while a socket is idle, at its expiry time and every
+``IDLE_CHECK_SECONDS``, so a deleted or expired session closes an idle socket without
+waiting for the next frame. Disconnects leave the session consistent: the session
+manager applies a step atomically (its store write is shielded from cancellation).
+A socket that goes away does not delete its session; clients may reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from service.api.deps import authenticate, parse_json
+from service.api.problems import problem_of
+from service.errors import (
+    MalformedRequest,
+    RequestTooLarge,
+    ServeError,
+    SessionGone,
+    SessionNotFound,
+    Unauthorized,
+)
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_GONE = 4410
+CLOSE_INTERNAL = 1011
+
+IDLE_CHECK_SECONDS = 2.0
+"""Longest an idle socket goes without checking that its session still exists."""
+
+_EXPIRY_SLACK_SECONDS = 0.05
+_SUBPROTOCOL_PREFIX = "bearer."
+
+
+def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
+    """The ``Authorization`` value to check, and the subprotocol to echo on accept."""
+    header = websocket.headers.get("authorization")
+    offered = websocket.scope.get("subprotocols") or []
+    chosen = next((p for p in offered if p.startswith(_SUBPROTOCOL_PREFIX)), None)
+    if header:
+        return header, chosen
+    if chosen is not None:
+        return "Bearer " + chosen[len(_SUBPROTOCOL_PREFIX) :], chosen
+    key = websocket.query_params.get("api_key")
+    if key:
+        return "Bearer " + key, None
+    return None, None
+
+
+def _close_code(exc: ServeError) -> int | None:
+    if isinstance(exc, SessionGone):
+        return CLOSE_GONE
+    if isinstance(exc, SessionNotFound):
+        return CLOSE_NOT_FOUND
+    if isinstance(exc, Unauthorized):
+        return CLOSE_UNAUTHORIZED
+    return None
+
+
+class _Stream:
+    """One open socket on one session."""
+
+    def __init__(self, websocket: WebSocket, core: AppState, owner: str, session_id: str):
+        self.ws = websocket
+        self.core = core
+        self.owner = owner
+        self.session_id = session_id
+        self.closed = False
+        self.send_lock = asyncio.Lock()
+
+    async def close(self, code: int, reason: str) -> None:
+        async with self.send_lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.ws.application_state != WebSocketState.DISCONNECTED:
+                with contextlib.suppress(RuntimeError, OSError):
+                    await self.ws.close(code, reason[:120])
+
+    async def send(self, payload: bytes) -> bool:
+        async with self.send_lock:
+            if self.closed:
+                return False
+            await self.ws.send({"type": "websocket.send", "text": payload.decode()})
+            return True
+
+    async def watch(self) -> None:
+        """Close the socket when its session disappears, even while no frames arrive."""
+        sessions = self.core.sessions
+        while not self.closed:
+            try:
+                rec = await sessions.get(self.owner, self.session_id)
+            except ServeError as exc:
+                code = _close_code(exc)
+                if code is not None:
+                    await self.close(code, exc.code)
+                    return
+                delay = IDLE_CHECK_SECONDS
+            else:
+                until_expiry = rec.expires_at - sessions.clock() + _EXPIRY_SLACK_SECONDS
+                delay = max(_EXPIRY_SLACK_SECONDS, min(IDLE_CHECK_SECONDS, until_expiry))
+            await asyncio.sleep(delay)
+
+    async def handle(self, raw: bytes) -> bool:
+        """Apply one frame and answer it; False once the socket was closed."""
+        limit = self.core.settings.max_body_bytes
+        try:
+            if len(raw) > limit:
+                raise RequestTooLarge(f"frame of {len(raw)} bytes exceeds the limit of {limit}")
+            body = parse_json(raw)
+            if not isinstance(body, dict):
+                raise MalformedRequest("a frame must be a JSON object (a step body)")
+            result = await self.core.sessions.step(self.owner, self.session_id, body)
+        except ServeError as exc:
+            code = _close_code(exc)
+            if code is not None:
+                await self.close(code, exc.code)
+                return False
+            return await self.send(orjson.dumps({"error": problem_of(exc)}))
+        return await self.send(orjson.dumps(result.body, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+@router.websocket("/v1/sessions/{session_id}/stream")
+async def stream_session(websocket: WebSocket, session_id: str) -> None:
+    core: AppState = websocket.app.state.core
+    authorization, subprotocol = _credentials(websocket)
+    await websocket.accept(subprotocol=subprotocol)
+    try:
+        owner = authenticate(core.api_keys, authorization)
+        await core.sessions.get(owner, session_id)
+    except ServeError as exc:
+        await websocket.close(_close_code(exc) or CLOSE_INTERNAL, exc.code)
+        return
+
+    stream = _Stream(websocket, core, owner, session_id)
+    watcher = asyncio.create_task(stream.watch())
+    started = time.perf_counter()
+    frames = 0
+    try:
+        while True:
+            message = await websocket.receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                stream.closed = True
+                break
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            raw: bytes = text.encode() if text is not None else message.get("bytes") or b""
+            frames += 1
+            if not await stream.handle(raw):
+                break
+    except WebSocketDisconnect:
+        stream.closed = True
+    except Exception:
+        log.exception("websocket stream on session %s failed", session_id)
+        await stream.close(CLOSE_INTERNAL, "internal_error")
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        log.debug(
+            "websocket stream closed",
+            extra={
+                "session_id": session_id,
+                "frames": frames,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
