@@ -1,0 +1,321 @@
+"""The sequence batcher: concurrent runs of one model version share onnxruntime runs.
+
+Every ``Runner.run`` call becomes one *call* here: its sequences, their starting states
+and a future. Calls for one model version wait in that version's queue and go to a worker
+thread together, as one batch, with the states stacked on the batch axis.
+
+When to run:
+- nothing in flight for the model: the queue is dispatched at once, so a lone request
+  never waits for company;
+- a run is in flight: calls gather until ``max_size`` sequences are queued, or the
+  oldest has waited ``max_wait`` seconds and a worker is free, or the in-flight runs end.
+
+Correctness rules:
+- sequences of different lengths in one batch run as one onnxruntime run per length, so
+  each final state is exactly that sequence's own (no padding);
+- calls with the same ``key`` (a session id) never share a batch and never run
+  concurrently; they run in submission order;
+- when a batch of several calls fails, each call is retried alone, so only the call
+  whose input breaks the model sees the error;
+- a caller cancelled while queued leaves the queue; one cancelled mid-run is dropped from
+  the delivery, and the rest of its batch is unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.metrics import Metrics
+from service.registry import LoadedModel, State
+
+
+@dataclass(frozen=True, slots=True)
+class SeqResult:
+    """One sequence's outputs ``[time, out]`` (model units) and its final state."""
+
+    outputs: np.ndarray
+    state: State
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    seqs: Sequence[np.ndarray]
+    states: Sequence[State]
+    key: Hashable | None
+    future: asyncio.Future[list[SeqResult]]
+    queued: float = field(default_factory=time.perf_counter)
+
+
+_Outcome = list[SeqResult] | BaseException
+
+
+def run_grouped(
+    model: LoadedModel,
+    seqs: Sequence[np.ndarray],
+    states: Sequence[State],
+    queued: Sequence[float] | None = None,
+    metrics: Metrics | None = None,
+) -> list[SeqResult]:
+    """Run sequences through ``model``, one onnxruntime run per distinct length. Blocking.
+
+    ``queued`` (submission time per sequence) feeds the queue-wait metric when given.
+    """
+    n = len(seqs)
+    if n == 1:
+        groups: list[list[int]] = [[0]]
+    else:
+        by_length: dict[int, list[int]] = {}
+        for i, seq in enumerate(seqs):
+            by_length.setdefault(int(seq.shape[0]), []).append(i)
+        groups = list(by_length.values())
+    results: list[SeqResult | None] = [None] * n
+    for indices in groups:
+        started = time.perf_counter()
+        if len(indices) == 1:
+            x = seqs[indices[0]][np.newaxis]
+        else:
+            x = np.stack([seqs[i] for i in indices])
+        y, finals = model.run_batch(x, [states[i] for i in indices])
+        if metrics is not None:
+            oldest = min(queued[i] for i in indices) if queued is not None else started
+            metrics.observe_run(
+                model.key, len(indices), started - oldest, time.perf_counter() - started
+            )
+        for j, i in enumerate(indices):
+            results[i] = SeqResult(outputs=y[j], state=finals[j])
+    return [r for r in results if r is not None]
+
+
+def _run_calls(model: LoadedModel, calls: list[_Call], metrics: Metrics | None) -> list[_Outcome]:
+    """The worker-thread side: one batch for all calls, or each call alone if that fails."""
+    seqs: list[np.ndarray] = []
+    states: list[State] = []
+    queued: list[float] = []
+    for call in calls:
+        seqs.extend(call.seqs)
+        states.extend(call.states)
+        queued.extend([call.queued] * len(call.seqs))
+    try:
+        flat = run_grouped(model, seqs, states, queued, metrics)
+    except Exception as exc:
+        if len(calls) == 1:
+            return [exc]
+    else:
+        outcomes: list[_Outcome] = []
+        at = 0
+        for call in calls:
+            outcomes.append(flat[at : at + len(call.seqs)])
+            at += len(call.seqs)
+        return outcomes
+    alone: list[_Outcome] = []
+    for call in calls:
+        try:
+            alone.append(
+                run_grouped(model, call.seqs, call.states, [call.queued] * len(call.seqs), metrics)
+            )
+        except Exception as exc:
+            alone.append(exc)
+    return alone
+
+
+class ModelBatcher:
+    """The queue and dispatch policy for one model version, on one event loop."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        executor: Executor,
+        max_size: int,
+        max_wait: float,
+        max_inflight: int = 1,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.model = model
+        self._executor = executor
+        self._max_size = max_size
+        self._max_wait = max_wait
+        self._max_inflight = max_inflight
+        self._metrics = metrics
+        self._pending: deque[_Call] = deque()
+        self._pending_seqs = 0
+        self._inflight = 0
+        self._inflight_keys: Counter[Hashable] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pending(self) -> int:
+        """Calls waiting for a batch."""
+        return len(self._pending)
+
+    @property
+    def inflight(self) -> int:
+        """Batches running now."""
+        return self._inflight
+
+    async def submit(
+        self, seqs: Sequence[np.ndarray], states: Sequence[State], key: Hashable | None = None
+    ) -> list[SeqResult]:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        call = _Call(seqs, states, key, loop.create_future())
+        self._pending.append(call)
+        self._pending_seqs += len(seqs)
+        self._dispatch()
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            self._forget(call)
+            raise
+
+    def _forget(self, call: _Call) -> None:
+        """A cancelled caller still in the queue leaves it; a running one is simply dropped."""
+        try:
+            self._pending.remove(call)
+        except ValueError:
+            return
+        self._pending_seqs -= len(call.seqs)
+        if not self._pending and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _dispatch(self) -> None:
+        while self._pending and self._inflight < self._max_inflight:
+            if self._inflight and self._pending_seqs < self._max_size:
+                oldest = self._pending[0].queued
+                due = oldest + self._max_wait - time.perf_counter()
+                if due > 0:
+                    self._arm(due)
+                    return
+            if not self._start_batch():
+                return
+        if not self._pending and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, due: float) -> None:
+        if self._timer is None and self._loop is not None:
+            self._timer = self._loop.call_later(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _start_batch(self) -> bool:
+        """Take queued calls (FIFO, one per key, no key already running) into one batch."""
+        batch: list[_Call] = []
+        keys: set[Hashable] = set()
+        skipped: set[Hashable] = set()
+        size = 0
+        kept: deque[_Call] = deque()
+        pending = self._pending
+        while pending:
+            call = pending.popleft()
+            if call.future.done():  # cancelled after it was queued
+                self._pending_seqs -= len(call.seqs)
+                continue
+            key = call.key
+            n = len(call.seqs)
+            blocked = key is not None and (
+                key in keys or key in skipped or self._inflight_keys[key] > 0
+            )
+            if blocked or (batch and size + n > self._max_size):
+                kept.append(call)
+                if key is not None:
+                    skipped.add(key)
+                if size >= self._max_size:
+                    break
+                continue
+            batch.append(call)
+            size += n
+            if key is not None:
+                keys.add(key)
+        kept.extend(pending)
+        self._pending = kept
+        if not batch:
+            return False
+        self._pending_seqs -= size
+        self._inflight += 1
+        for key in keys:
+            self._inflight_keys[key] += 1
+        assert self._loop is not None
+        fut = self._loop.run_in_executor(
+            self._executor, _run_calls, self.model, batch, self._metrics
+        )
+        fut.add_done_callback(lambda f: self._finish(batch, keys, f))
+        return True
+
+    def _finish(
+        self, batch: list[_Call], keys: set[Hashable], fut: asyncio.Future[list[_Outcome]]
+    ) -> None:
+        self._inflight -= 1
+        for key in keys:
+            left = self._inflight_keys[key] - 1
+            if left:
+                self._inflight_keys[key] = left
+            else:
+                del self._inflight_keys[key]
+        if fut.cancelled():
+            outcomes: list[_Outcome] = [asyncio.CancelledError()] * len(batch)
+        elif (exc := fut.exception()) is not None:
+            outcomes = [exc] * len(batch)
+        else:
+            outcomes = fut.result()
+        for call, outcome in zip(batch, outcomes, strict=True):
+            if call.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                call.future.set_exception(outcome)
+            else:
+                call.future.set_result(outcome)
+        self._dispatch()
+
+
+class Batcher:
+    """One ``ModelBatcher`` per model version (by object, so a reloaded version is new)."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        max_size: int = 64,
+        max_wait_us: int = 500,
+        max_inflight: int = 1,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._executor = executor
+        self._max_size = max_size
+        self._max_wait = max_wait_us / 1e6
+        self._max_inflight = max_inflight
+        self._metrics = metrics
+        self._models: dict[str, ModelBatcher] = {}
+
+    def for_model(self, model: LoadedModel) -> ModelBatcher:
+        mb = self._models.get(model.key)
+        if mb is None or mb.model is not model:
+            mb = ModelBatcher(
+                model,
+                self._executor,
+                self._max_size,
+                self._max_wait,
+                self._max_inflight,
+                self._metrics,
+            )
+            self._models[model.key] = mb
+        return mb
+
+    async def run(
+        self,
+        model: LoadedModel,
+        seqs: Sequence[np.ndarray],
+        states: Sequence[State],
+        key: Hashable | None = None,
+    ) -> list[SeqResult]:
+        return await self.for_model(model).submit(seqs, states, key)
