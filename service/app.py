@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from service.api.problems import (
 )
 from service.errors import ServeError
 from service.metrics import Metrics
+from service.rate_limit import RateLimiter
 from service.registry import ModelRegistry
 from service.runner import Runner
 from service.session_store import MemoryStore, SessionStore
@@ -99,6 +101,30 @@ class RequestContextMiddleware:
                 )
 
 
+async def reload_models(core: AppState) -> None:
+    """Re-scan the model store; new versions become defaults, sessions keep their pins."""
+    before = {m.key for m in core.registry.all()}
+    await asyncio.to_thread(core.registry.load)
+    after = {m.key for m in core.registry.all()}
+    if before != after:
+        log.info(
+            "model store reloaded",
+            extra={"added": sorted(after - before), "removed": sorted(before - after)},
+        )
+
+
+async def _reloader(core: AppState, wake: asyncio.Event) -> None:
+    interval = core.settings.reload_interval_seconds or None
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval)
+        wake.clear()
+        try:
+            await reload_models(core)
+        except Exception:
+            log.exception("model store reload failed; the loaded models keep serving")
+
+
 async def _sweeper(core: AppState) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
@@ -116,8 +142,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings.model_store, settings.ort_threads)
         await asyncio.to_thread(registry.load)
-        for error in registry.errors:
-            log.warning("model store: %s", error)
         log.info(
             "loaded models: %s",
             ", ".join(f"{m.name}:{m.version}" for m in registry.all()) or "none",
@@ -131,17 +155,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner=runner,
             sessions=SessionManager(store, registry, runner, settings, metrics),
             metrics=metrics,
+            rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
             api_keys=[k.encode() for k in settings.api_key_list],
         )
         app.state.core = core
-        sweeper = asyncio.create_task(_sweeper(core))
+        wake = asyncio.Event()
+        app.state.reload = wake
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, wake.set)
+        tasks = [asyncio.create_task(_sweeper(core)), asyncio.create_task(_reloader(core, wake))]
         try:
             yield
         finally:
             core.draining = True
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runner.close()
             await store.close()
 

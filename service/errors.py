@@ -11,7 +11,8 @@ Every error a client can cause, or that the service must report, is one of these
     ├── SessionNotFound       unknown session, or another key's (404)
     ├── SessionGone           expired or evicted, within the tombstone window (410)
     ├── OffsetConflict        offset differs from the session's steps (409)
-    ├── CapacityReached       session limit (429, Retry-After)
+    ├── CapacityReached       session limit, overall or per key (429, Retry-After)
+    ├── RateLimited           request rate per key (429, Retry-After)
     ├── RequestTooLarge       body over the limit (413)
     ├── Unauthorized          missing or wrong API key (401)
     ├── StoreUnavailable      the session store does not answer (503, Retry-After)
@@ -83,6 +84,15 @@ class OffsetConflict(ServeError):
 class CapacityReached(ServeError):
     code = "session_capacity_reached"
     title = "Session capacity reached"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class RateLimited(ServeError):
+    code = "rate_limited"
+    title = "Too many requests"
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail)

@@ -24,6 +24,7 @@ import orjson
 
 from service.encoding import decode_steps, inputs_digest, parse_body_inputs
 from service.errors import (
+    CapacityReached,
     InvalidInput,
     ModelNotFound,
     OffsetConflict,
@@ -189,10 +190,16 @@ class SessionManager:
             state=init_state,
             kind=kind,
         )
+        await self._check_owner_limit(owner, kind)
         await self.store.create(rec, self.settings.max_sessions)
         if self.metrics is not None:
             self.metrics.sessions_created.inc()
         return rec
+
+    async def _check_owner_limit(self, owner: str, kind: str) -> None:
+        limit = self.settings.max_sessions_per_key
+        if limit and len(await self.store.list(owner, kind)) >= limit:
+            raise CapacityReached(f"this key already holds {limit} sessions, the limit per key")
 
     async def delete(self, owner: str, session_id: str, kind: str = "session") -> None:
         async with await self._locks(session_id):
@@ -235,6 +242,7 @@ class SessionManager:
             last=None,
             revision=0,
         )
+        await self._check_owner_limit(owner, src.kind)
         await self.store.create(rec, self.settings.max_sessions)
         if self.metrics is not None:
             self.metrics.sessions_created.inc()

@@ -57,6 +57,21 @@ class Settings(BaseSettings):
     max_generate_steps: int = Field(default=2048, ge=1)
     """Most steps one generate request may ask for."""
 
+    max_sessions_per_key: int = Field(default=0, ge=0)
+    """Live sessions one API key (or the anonymous caller) may hold; 0 means no limit."""
+
+    max_streams_per_key: int = Field(default=0, ge=0)
+    """Open WebSocket streams one API key may hold; 0 means no limit."""
+
+    rate_limit_per_second: float = Field(default=0.0, ge=0.0)
+    """Sustained requests per second per API key (token bucket); 0 disables rate limiting."""
+
+    rate_limit_burst: int = Field(default=100, ge=1)
+    """Requests a key may make at once before the rate limit applies."""
+
+    reload_interval_seconds: float = Field(default=0.0, ge=0.0)
+    """Re-scan the model store this often (0: only on SIGHUP)."""
+
     request_log: bool = True
     """Write one structured access-log line per request."""
 

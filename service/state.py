@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.metrics import Metrics
+from service.rate_limit import RateLimiter
 from service.registry import ModelRegistry
 from service.runner import Runner
 from service.session_store import SessionStore
@@ -20,5 +21,6 @@ class AppState:
     runner: Runner
     sessions: SessionManager
     metrics: Metrics
+    rate_limiter: RateLimiter
     api_keys: list[bytes] = field(default_factory=list)
     draining: bool = False

@@ -49,7 +49,9 @@ def authenticate(keys: list[bytes], authorization: str | None) -> str:
 
 def get_owner(request: Request) -> str:
     core: AppState = request.app.state.core
-    return authenticate(core.api_keys, request.headers.get("authorization"))
+    owner = authenticate(core.api_keys, request.headers.get("authorization"))
+    core.rate_limiter.check(owner)
+    return owner
 
 
 Owner = Annotated[str, Depends(get_owner)]

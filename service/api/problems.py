@@ -23,6 +23,7 @@ from service.errors import (
     ModelNotFound,
     NotReady,
     OffsetConflict,
+    RateLimited,
     RequestTooLarge,
     ServeError,
     SessionGone,
@@ -45,6 +46,7 @@ _STATUS: list[tuple[type[ServeError], int]] = [
     (SessionGone, 410),
     (RequestTooLarge, 413),
     (CapacityReached, 429),
+    (RateLimited, 429),
     (StoreUnavailable, 503),
     (NotReady, 503),
     (InferenceError, 422),
@@ -74,7 +76,7 @@ def status_of(exc: ServeError) -> int:
 
 def _headers(exc: ServeError) -> dict[str, str]:
     headers: dict[str, str] = {}
-    if isinstance(exc, CapacityReached | StoreUnavailable | NotReady):
+    if isinstance(exc, CapacityReached | RateLimited | StoreUnavailable | NotReady):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="lstm-serve"'

@@ -75,7 +75,9 @@ async def list_models(core: Core, owner: Owner) -> Response:
 @router.get("/models/{name}", tags=["models"])
 async def get_model(core: Core, owner: Owner, name: str, version: str | None = None) -> Response:
     model = core.registry.get(name, _version(version))
-    return json_response(model.manifest.public(core.registry.versions(name)))
+    doc = model.manifest.public(core.registry.versions(name))
+    doc["default_version"] = core.registry.default_version(name)
+    return json_response(doc)
 
 
 @router.post("/models/{name}/predict", tags=["models"])
