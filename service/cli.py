@@ -77,7 +77,7 @@ def _models(args: argparse.Namespace) -> int:
         baselines = ", ".join(
             f"{k.removeprefix(headline + '_')} {val:.4g}"
             for k, val in sorted(m.metrics.items())
-            if k.startswith(headline + "_")
+            if k.startswith(headline + "_") and "." not in k
         )
         shown = f"{headline} {value:.4g}" if value is not None else "-"
         if baselines:
