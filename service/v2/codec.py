@@ -129,17 +129,34 @@ def _shape(value: object, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _flatten(data: object, out: list[Any], where: str) -> None:
-    if isinstance(data, list):
-        for item in data:
-            _flatten(item, out, where)
-    else:
-        out.append(data)
+def _flat_data(data: object, shape: tuple[int, ...], where: str) -> list[Any]:
+    """``data`` as a flat row-major list: given flat, or nested exactly as ``shape``."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: data must be a list")
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+
+    def walk(node: object, dims: tuple[int, ...]) -> None:
+        if not dims:
+            if isinstance(node, list):
+                raise InvalidInput(f"{where}: nested data is deeper than shape {list(shape)}")
+            out.append(node)
+            return
+        if not isinstance(node, list) or len(node) != dims[0]:
+            raise InvalidInput(f"{where}: nested data does not match shape {list(shape)}")
+        for item in node:
+            walk(item, dims[1:])
+
+    walk(data, shape)
+    return out
 
 
-def _json_numbers(data: object, dtype: np.dtype[Any], count: int, where: str) -> np.ndarray:
-    flat: list[Any] = []
-    _flatten(data, flat, where)
+def _json_numbers(
+    data: object, dtype: np.dtype[Any], shape: tuple[int, ...], where: str
+) -> np.ndarray:
+    count = math.prod(shape)
+    flat = _flat_data(data, shape, where)
     if len(flat) != count:
         raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(flat)}")
     if dtype.kind == "b":
@@ -160,9 +177,9 @@ def _json_numbers(data: object, dtype: np.dtype[Any], count: int, where: str) ->
     return arr
 
 
-def _json_bytes(data: object, count: int, where: str) -> np.ndarray:
-    flat: list[Any] = []
-    _flatten(data, flat, where)
+def _json_bytes(data: object, shape: tuple[int, ...], where: str) -> np.ndarray:
+    count = math.prod(shape)
+    flat = _flat_data(data, shape, where)
     if len(flat) != count:
         raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(flat)}")
     if not all(isinstance(v, str) for v in flat):
@@ -260,9 +277,9 @@ def parse_request(header: bytes, binary: bytes) -> InferRequest:
                     raise InvalidInput(f"{where}: data must be finite (no NaN or Infinity)")
         elif "data" in t:
             if datatype == "BYTES":
-                array = _json_bytes(t["data"], count, where)
+                array = _json_bytes(t["data"], shape, where)
             else:
-                array = _json_numbers(t["data"], DTYPES[datatype], count, where).reshape(shape)
+                array = _json_numbers(t["data"], DTYPES[datatype], shape, where).reshape(shape)
         else:
             raise InvalidInput(f"{where}: no data and no binary_data_size")
         inputs.append(InputTensor(name, datatype, shape, array))
