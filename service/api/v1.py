@@ -12,6 +12,15 @@ from starlette.responses import Response, StreamingResponse
 
 from service.api.deps import Core, JsonBody, OptionalJsonBody, Owner
 from service.api.problems import problem_of
+from service.api.schemas import (
+    CreateSessionBody,
+    ForkBody,
+    GenerateBody,
+    PredictBody,
+    SessionGenerateBody,
+    StepBody,
+    request_body,
+)
 from service.encoding import decode_sequence, parse_body_inputs
 from service.errors import InvalidInput, ServeError
 from service.generation import GenStep, Rollout, check_generate_options, rollout
@@ -80,7 +89,7 @@ async def get_model(core: Core, owner: Owner, name: str, version: str | None = N
     return json_response(doc)
 
 
-@router.post("/models/{name}/predict", tags=["models"])
+@router.post("/models/{name}/predict", tags=["models"], openapi_extra=request_body(PredictBody))
 async def predict(core: Core, owner: Owner, name: str, body: JsonBody) -> Response:
     model = core.registry.get(name, _version(body.get("version")))
     mode = body.get("return", "last")
@@ -166,7 +175,7 @@ def _generation_response(
     return None
 
 
-@router.post("/models/{name}/generate", tags=["models"])
+@router.post("/models/{name}/generate", tags=["models"], openapi_extra=request_body(GenerateBody))
 async def generate(
     request: Request, core: Core, owner: Owner, name: str, body: JsonBody
 ) -> Response:
@@ -195,7 +204,9 @@ def _session_response(core: AppState, view: dict[str, Any], status: int = 200) -
     return json_response(view, status, headers)
 
 
-@router.post("/sessions", tags=["sessions"], status_code=201)
+@router.post(
+    "/sessions", tags=["sessions"], status_code=201, openapi_extra=request_body(CreateSessionBody)
+)
 async def create_session(core: Core, owner: Owner, body: JsonBody) -> Response:
     unknown = set(body) - {"model", "version", "ttl_seconds", "state", "steps"}
     if unknown:
@@ -230,7 +241,7 @@ async def delete_session(core: Core, owner: Owner, session_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/sessions/{session_id}/step", tags=["sessions"])
+@router.post("/sessions/{session_id}/step", tags=["sessions"], openapi_extra=request_body(StepBody))
 async def step_session(core: Core, owner: Owner, session_id: str, body: JsonBody) -> Response:
     result = await core.sessions.step(owner, session_id, body)
     return json_response(result.body)
@@ -241,7 +252,12 @@ async def reset_session(core: Core, owner: Owner, session_id: str) -> Response:
     return json_response(session_view(await core.sessions.reset(owner, session_id)))
 
 
-@router.post("/sessions/{session_id}/fork", tags=["sessions"], status_code=201)
+@router.post(
+    "/sessions/{session_id}/fork",
+    tags=["sessions"],
+    status_code=201,
+    openapi_extra=request_body(ForkBody, required=False),
+)
 async def fork_session(
     core: Core, owner: Owner, session_id: str, body: OptionalJsonBody
 ) -> Response:
@@ -264,7 +280,11 @@ async def get_session_state(core: Core, owner: Owner, session_id: str) -> Respon
     )
 
 
-@router.post("/sessions/{session_id}/generate", tags=["sessions"])
+@router.post(
+    "/sessions/{session_id}/generate",
+    tags=["sessions"],
+    openapi_extra=request_body(SessionGenerateBody),
+)
 async def generate_session(
     request: Request, core: Core, owner: Owner, session_id: str, body: JsonBody
 ) -> Response:
