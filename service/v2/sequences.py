@@ -150,14 +150,17 @@ class Sequences:
         for attempt in range(_CAS_ATTEMPTS):
             if attempt:
                 rec = await self._load(owner, sid, model.name, params.id)
-            start_state = explicit if params.start and explicit is not None else rec.state
-            (res,) = await runner.run(model, [x], [start_state])
+            if params.start:
+                before, steps = explicit or model.zero_state(), 0
+            else:
+                before, steps = rec.state, rec.steps
+            (res,) = await runner.run(model, [x], [before])
             if params.end:
                 await self._end(owner, sid)
                 return res
             new = replace(
                 rec,
-                steps=rec.steps + int(x.shape[0]),
+                steps=steps + int(x.shape[0]),
                 state=res.state,
                 last_output=res.outputs[-1],
                 last=None,

@@ -614,3 +614,22 @@ async def test_oversized_decompressed_body_is_413(tiny_store: Path) -> None:
             bomb = gzip.compress(b" " * 100_000)
             r = await post_raw(c, bomb, {"Content-Encoding": "gzip"})
             assert r.status_code == 413 and "error" in r.json()
+
+
+async def test_sequence_can_start_from_explicit_state(client: httpx.AsyncClient) -> None:
+    x = features(1, 6)
+    whole = output(await infer(client, "tiny_lstm", {"inputs": [json_input(x)]}))
+    prefix = await infer(client, "tiny_lstm", {"inputs": [json_input(x[:, :2])]})
+    state = [json_input(output(prefix, n), n) for n in ("STATE_H", "STATE_C")]
+    body = seq_body(x[:, 2:4], "e", start=True)
+    body["inputs"] += state
+    mid = output(await infer(client, "tiny_lstm", body))
+    last = output(await infer(client, "tiny_lstm", seq_body(x[:, 4:], "e", end=True)))
+    np.testing.assert_allclose(
+        np.concatenate([output(prefix), mid, last], axis=1), whole, atol=1e-5
+    )
+    await infer(client, "tiny_lstm", seq_body(x[:, :1], "e2", start=True))
+    body = seq_body(x[:, 1:2], "e2")
+    body["inputs"] += state
+    r = await infer(client, "tiny_lstm", body)
+    assert r.status_code == 400 and "state inputs" in r.json()["error"]
