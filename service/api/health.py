@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from service.api.deps import Core
 from service.api.v1 import json_response
@@ -43,7 +43,12 @@ async def readyz(core: Core) -> Response:
     return json_response(body, 503, {"Retry-After": "1"})
 
 
-@router.get("/metrics", tags=["health"])
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(core: Core) -> Response:
     with contextlib.suppress(StoreUnavailable):
         core.metrics.sessions_active.set(await core.store.count())

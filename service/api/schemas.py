@@ -81,3 +81,38 @@ def request_body(model: type[BaseModel], required: bool = True) -> dict[str, Any
             "content": {"application/json": {"schema": schema}},
         }
     }
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+    },
+}
+
+_PROBLEM_STATUSES = {
+    400: "Malformed body",
+    401: "Missing or invalid API key",
+    404: "Unknown model, version or session",
+    405: "Method not allowed",
+    409: "Offset conflict",
+    410: "Session expired or evicted",
+    413: "Request too large",
+    422: "Well-formed but invalid",
+    429: "Session capacity or rate limit reached (Retry-After)",
+    503: "Not ready or session store unavailable (Retry-After)",
+}
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": text,
+        "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+    }
+    for status, text in _PROBLEM_STATUSES.items()
+}
+"""Every /v1 route's documented error responses: RFC 9457 problem details."""

@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from service.api.deps import Core, JsonBody, OptionalJsonBody, Owner
 from service.api.problems import problem_of
 from service.api.schemas import (
+    PROBLEM_RESPONSES,
     CreateSessionBody,
     ForkBody,
     GenerateBody,
@@ -29,7 +30,14 @@ from service.registry import LoadedModel
 from service.sessions import SessionManager, session_view
 from service.state import AppState
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The generated steps; with stream: true, Server-Sent Events",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    }
+}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -234,7 +242,13 @@ async def get_session(core: Core, owner: Owner, session_id: str) -> Response:
     return json_response(session_view(await core.sessions.get(owner, session_id)))
 
 
-@router.delete("/sessions/{session_id}", tags=["sessions"], status_code=204)
+@router.delete(
+    "/sessions/{session_id}",
+    tags=["sessions"],
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted"}},
+)
 async def delete_session(core: Core, owner: Owner, session_id: str) -> Response:
     await core.sessions.delete(owner, session_id)
     core.metrics.sessions_active.set(await core.store.count())
@@ -284,6 +298,7 @@ async def get_session_state(core: Core, owner: Owner, session_id: str) -> Respon
     "/sessions/{session_id}/generate",
     tags=["sessions"],
     openapi_extra=request_body(SessionGenerateBody),
+    responses=GENERATE_RESPONSES,
 )
 async def generate_session(
     request: Request, core: Core, owner: Owner, session_id: str, body: JsonBody
