@@ -14,6 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.e2e.server import Server
@@ -25,7 +26,11 @@ EXAMPLES_PER_OPERATION = 25
 
 def _operations(url: str) -> list[Any]:
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    return [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operations.append(result.ok())
+    return operations
 
 
 def test_fuzz_every_operation(tiny_server: Server) -> None:
