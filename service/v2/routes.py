@@ -46,7 +46,32 @@ class V2Route(APIRoute):
         return guarded
 
 
-router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    for status, text in {
+        400: "Invalid request (Triton's status for most inference errors)",
+        401: "Missing or invalid API key",
+        404: "Unknown model or version",
+        413: "Request too large",
+        422: "Invalid parameters",
+        429: "Rate limit reached",
+        503: "Not ready or session store unavailable",
+    }.items()
+}
+EMPTY_OK: dict[int | str, dict[str, Any]] = {200: {"description": "OK, empty body"}}
+INFER_OK: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON tensors, or a JSON header followed by binary tensor data",
+        "content": {"application/json": {}, "application/octet-stream": {}},
+    }
+}
+
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route, responses=ERROR_RESPONSES)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -78,12 +103,12 @@ async def server_metadata(core: Core, owner: Owner) -> Response:
     return _json({"name": SERVER_NAME, "version": _server_version(), "extensions": EXTENSIONS})
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_class=Response, responses=EMPTY_OK)
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_class=Response, responses=EMPTY_OK)
 async def ready(core: Core) -> Response:
     ok, _ = await readiness(core)
     if ok:
@@ -107,8 +132,8 @@ async def model_metadata(
     return _json(tensors.metadata(model, core.registry.versions(name)))
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/ready", response_class=Response, responses=EMPTY_OK)
+@router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=EMPTY_OK)
 async def model_ready(core: Core, owner: Owner, name: str, version: str | None = None) -> Response:
     _model(core, name, version)
     return Response(status_code=200)
@@ -161,8 +186,8 @@ def _select_outputs(
     return chosen
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/infer", responses=INFER_OK)
+@router.post("/models/{name}/versions/{version}/infer", responses=INFER_OK)
 async def infer(
     request: Request, core: Core, owner: Owner, name: str, version: str | None = None
 ) -> Response:
