@@ -39,7 +39,7 @@ def local_nginx_conf(src: Path, workdir: Path, port: int, upstream_ports: Sequen
     text = _sub(r"^(\s*)listen 8000;$", rf"\1listen 127.0.0.1:{port};", text)
     text = _sub(r"^pid .*;$", f"pid {workdir}/nginx.pid;", text)
     text = _sub(r"^error_log .*;$", f"error_log {workdir}/error.log warn;", text)
-    text = _sub(r"^(\s*)access_log .*;$", rf"\1access_log {workdir}/access.log;", text)
+    text = _sub(r"^(\s*access_log) \S+", rf"\1 {workdir}/access.log", text)
     text = _sub(r"^(\s*\w+_temp_path) /tmp/", rf"\1 {workdir}/", text, expect=None)
     if os.geteuid() == 0:  # workers would drop to nobody, who cannot use workdir
         text = "user root;\n" + text

@@ -1,0 +1,267 @@
+"""Several ``lstm-serve`` replicas sharing one real Redis, behind ``deploy/nginx.conf``.
+
+Three server processes use the same Redis database; nginx round-robins over them with the
+deployed configuration (only its upstream addresses, port and paths are local). Every
+stateful answer is checked against one process's stateless whole-sequence prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from tests.deploy.nginx import Nginx, running_nginx
+from tests.e2e.server import REPO, Server, free_port, start_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+"""A database of its own: the replicas use the default key prefix, cleaned before and after."""
+MODEL = "weather_lstm"
+TOL = 1e-5
+N_REPLICAS = 3
+
+
+@dataclass
+class Cluster:
+    replicas: list[Server]
+    nginx: Nginx
+    log_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+    def upstreams(self, path_pattern: str) -> list[str]:
+        """Per logged request matching the path, the replicas nginx tried (``a:1, b:2``)."""
+        found = []
+        for line in self.nginx.access_log().splitlines():
+            m = re.search(r'"\w+ (\S+) HTTP[^"]*" .* upstream=(.+?) upstream_status=', line)
+            if m and re.fullmatch(path_pattern, m.group(1)):
+                found.append(m.group(2))
+        return found
+
+
+def _clean_redis() -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match="lstm:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def _start_replica(log_dir: Path, port: int | None = None) -> Server:
+    env = {"LSTM_SERVE_SESSION_STORE": REDIS_URL, "LSTM_SERVE_REQUEST_LOG": "false"}
+    return start_server(env, log_dir, port=port, ready_timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    _clean_redis()
+    log_dir = tmp_path_factory.mktemp("replicas")
+    with ThreadPoolExecutor(N_REPLICAS) as pool:
+        replicas = list(pool.map(lambda _: _start_replica(log_dir), range(N_REPLICAS)))
+    try:
+        nginx_dir = tmp_path_factory.mktemp("nginx")
+        with running_nginx(
+            REPO / "deploy" / "nginx.conf", nginx_dir, free_port(), [r.port for r in replicas]
+        ) as nginx:
+            yield Cluster(replicas, nginx, log_dir)
+    finally:
+        for r in replicas:
+            r.stop()
+        _clean_redis()
+
+
+@pytest.fixture(scope="module")
+def model_size(cluster: Cluster) -> int:
+    models = httpx.get(f"{cluster.url}/v1/models", timeout=10).json()["models"]
+    assert MODEL in {m["name"] for m in models}, models
+    info = httpx.get(f"{cluster.url}/v1/models/{MODEL}", timeout=10).json()
+    size: int = info["input"]["size"]
+    return size
+
+
+def _sequence(n: int, size: int, seed: int) -> list[list[float]]:
+    rng = np.random.default_rng(seed)
+    base = np.array([3.0, 16.0, 8.0, 3.3])[:size] if size == 4 else np.zeros(size)
+    x = base + rng.standard_normal((n, size)) * 2.0
+    return [[float(np.float32(v)) for v in row] for row in x]
+
+
+def _reference(server: Server, inputs: list[list[float]]) -> np.ndarray:
+    """One process, whole sequence, no session: the outputs every step should reproduce."""
+    r = httpx.post(
+        f"{server.url}/v1/models/{MODEL}/predict",
+        json={"inputs": inputs, "return": "all"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return np.asarray(r.json()["outputs"], dtype=np.float64)
+
+
+def _create(client: httpx.Client) -> str:
+    r = client.post("/v1/sessions", json={"model": MODEL})
+    assert r.status_code == 201, r.text
+    session_id: str = r.json()["id"]
+    return session_id
+
+
+def _step(
+    client: httpx.Client, session_id: str, inputs: list[list[float]], offset: int
+) -> dict[str, Any]:
+    r = client.post(f"/v1/sessions/{session_id}/step", json={"inputs": inputs, "offset": offset})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    assert body["steps"] == offset + len(inputs)
+    return body
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    """Uneven chunk boundaries covering ``range(n)``: 1, 2, 3, 1, 2, 3, ..."""
+    out, start, size = [], 0, 1
+    while start < n:
+        out.append((start, min(n, start + size)))
+        start, size = start + size, size % 3 + 1
+    return out
+
+
+def test_steps_spread_over_replicas_match_one_process(cluster: Cluster, model_size: int) -> None:
+    inputs = _sequence(30, model_size, seed=1)
+    want = _reference(cluster.replicas[0], inputs)
+    got: list[list[float]] = []
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        sid = _create(client)
+        for a, b in _chunks(len(inputs)):
+            got += _step(client, sid, inputs[a:b], offset=a)["outputs"]
+        assert client.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
+
+    served = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step")
+    assert len(served) == len(_chunks(len(inputs)))
+    assert len(set(served)) == N_REPLICAS, served
+
+
+def test_a_replica_killed_mid_sequence_loses_nothing(cluster: Cluster, model_size: int) -> None:
+    inputs = _sequence(24, model_size, seed=2)
+    want = _reference(cluster.replicas[1], inputs)
+    chunks = _chunks(len(inputs))
+    half = len(chunks) // 2
+    got: list[list[float]] = []
+    victim = cluster.replicas[0]
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        sid = _create(client)
+        for a, b in chunks[:half]:
+            got += _step(client, sid, inputs[a:b], offset=a)["outputs"]
+        served_before = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step")
+        assert f"127.0.0.1:{victim.port}" in served_before
+
+        assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+        for a, b in chunks[half:]:
+            got += _step(client, sid, inputs[a:b], offset=a)["outputs"]
+        assert client.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
+
+    after = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step")[len(served_before) :]
+    answered = {u.split(", ")[-1] for u in after}
+    assert f"127.0.0.1:{victim.port}" not in answered
+    assert len(answered) == N_REPLICAS - 1, after
+
+    # The replica comes back on its port and serves the same sessions again.
+    cluster.replicas[0] = _start_replica(cluster.log_dir, port=victim.port)
+    with httpx.Client(base_url=cluster.replicas[0].url, timeout=10) as direct:
+        assert direct.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
+
+
+async def test_concurrent_offset_steps_apply_each_exactly_once(
+    cluster: Cluster, model_size: int
+) -> None:
+    """Workers race on one session through nginx; a 409 tells each the current offset."""
+    workers, per_worker = 6, 8
+    applied: dict[int, tuple[list[float], list[float]]] = {}
+    conflicts = 0
+
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=30) as client:
+        r = await client.post("/v1/sessions", json={"model": MODEL})
+        sid = r.json()["id"]
+
+        async def worker(w: int) -> None:
+            nonlocal conflicts
+            mine = _sequence(per_worker, model_size, seed=100 + w)
+            offset = 0
+            for x in mine:
+                while True:
+                    r = await client.post(
+                        f"/v1/sessions/{sid}/step", json={"inputs": [x], "offset": offset}
+                    )
+                    body = r.json()
+                    if r.status_code == 409:
+                        assert body["code"] == "offset_conflict"
+                        conflicts += 1
+                        offset = body["steps"]
+                        continue
+                    if r.status_code == 503:  # contended past the server's retries
+                        await asyncio.sleep(0.01)
+                        continue
+                    assert r.status_code == 200, r.text
+                    assert not body.get("replayed")
+                    assert offset not in applied
+                    applied[offset] = (x, body["outputs"][0])
+                    offset = body["steps"]
+                    break
+
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+        final = (await client.get(f"/v1/sessions/{sid}")).json()
+
+    total = workers * per_worker
+    assert final["steps"] == total
+    assert sorted(applied) == list(range(total))
+    assert conflicts > 0, "the workers never raced"
+    order = [applied[k][0] for k in range(total)]
+    outputs = np.asarray([applied[k][1] for k in range(total)])
+    np.testing.assert_allclose(outputs, _reference(cluster.replicas[1], order), rtol=TOL, atol=TOL)
+    served = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step")
+    assert len({u.split(", ")[-1] for u in served}) >= 2
+
+
+async def test_concurrent_steps_without_offsets_serialise(
+    cluster: Cluster, model_size: int
+) -> None:
+    """No offsets: every request is applied once, in some order, none lost or interleaved."""
+    n = 24
+    inputs = _sequence(n, model_size, seed=7)
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=30) as client:
+        sid = (await client.post("/v1/sessions", json={"model": MODEL})).json()["id"]
+
+        async def one(x: list[float]) -> dict[str, Any]:
+            while True:
+                r = await client.post(f"/v1/sessions/{sid}/step", json={"inputs": [x]})
+                if r.status_code == 503 and r.json()["code"] == "session_store_unavailable":
+                    await asyncio.sleep(0.01)  # contended: nothing was applied
+                    continue
+                assert r.status_code == 200, r.text
+                body: dict[str, Any] = r.json()
+                return body
+
+        bodies = await asyncio.gather(*(one(x) for x in inputs))
+        final = (await client.get(f"/v1/sessions/{sid}")).json()
+
+    assert final["steps"] == n
+    assert sorted(b["steps"] for b in bodies) == list(range(1, n + 1))
+    by_step = sorted(zip(bodies, inputs, strict=True), key=lambda p: int(p[0]["steps"]))
+    order = [x for _, x in by_step]
+    outputs = np.asarray([b["outputs"][0] for b, _ in by_step])
+    np.testing.assert_allclose(outputs, _reference(cluster.replicas[1], order), rtol=TOL, atol=TOL)
