@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import redis
 
+from tests.core.test_session_store import ThrowawayRedis
 from tests.deploy.nginx import Nginx, running_nginx
 from tests.e2e.server import REPO, Server, free_port, start_server
 
@@ -265,3 +266,45 @@ async def test_concurrent_steps_without_offsets_serialise(
     order = [x for _, x in by_step]
     outputs = np.asarray([b["outputs"][0] for b, _ in by_step])
     np.testing.assert_allclose(outputs, _reference(cluster.replicas[1], order), rtol=TOL, atol=TOL)
+
+
+def test_redis_outage_answers_503_and_recovers_without_restart(tmp_path: Path) -> None:
+    """Redis dies under a replica: 503 with Retry-After, not ready but alive; then it recovers."""
+    redis_server = ThrowawayRedis()
+    redis_server.start()
+    server = start_server(
+        {"LSTM_SERVE_SESSION_STORE": redis_server.url, "LSTM_SERVE_REQUEST_LOG": "false"},
+        tmp_path,
+        ready_timeout=60,
+    )
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            sid = _create(client)
+            size = client.get(f"/v1/models/{MODEL}").json()["input"]["size"]
+            x = _sequence(1, size, seed=3)
+            assert client.post(f"/v1/sessions/{sid}/step", json={"inputs": x}).status_code == 200
+
+            redis_server.kill()
+            for r in (
+                client.post(f"/v1/sessions/{sid}/step", json={"inputs": x}),
+                client.get(f"/v1/sessions/{sid}"),
+                client.post("/v1/sessions", json={"model": MODEL}),
+            ):
+                assert r.status_code == 503, r.text
+                assert r.headers["Retry-After"]
+                assert r.json()["code"] == "session_store_unavailable"
+            assert r.elapsed.total_seconds() < 2
+            assert client.get("/readyz").status_code == 503
+            assert client.get("/healthz").status_code == 200
+            stateless = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": x})
+            assert stateless.status_code == 200
+
+            redis_server.start()  # empty: it kept nothing
+            assert client.get("/readyz").status_code == 200
+            sid = _create(client)
+            r = client.post(f"/v1/sessions/{sid}/step", json={"inputs": x, "offset": 0})
+            assert r.status_code == 200 and r.json()["steps"] == 1
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+        redis_server.kill()
