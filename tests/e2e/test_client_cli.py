@@ -86,3 +86,33 @@ def test_forecast_refuses_a_csv_without_the_feature_columns(
     argv = ["forecast", "tiny_lstm", "--csv", str(path), "--horizon", "2"]
     assert main([*argv, "--url", tiny_server.url]) == 2
     assert "missing columns" in capsys.readouterr().err
+
+
+def _bundled(name: str) -> bool:
+    return any((REPO / "model_store" / name).glob("*/manifest.json"))
+
+
+@pytest.mark.skipif(
+    not (_bundled("pydoc_char_lstm") and _bundled("weather_lstm")),
+    reason="bundled models not trained yet",
+)
+def test_cli_on_the_bundled_models(
+    bundled_server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["--url", bundled_server.url]
+    argv = ["generate", "pydoc_char_lstm", "--prime", "def ", "--steps", "40", "--seed", "1"]
+    assert main([*argv, *url]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("def ") and len(text) == 4 + 40 + 1
+    path = tmp_path / "weather.csv"
+    path.write_text(
+        "date,precipitation,temp_max,temp_min,wind\n"
+        + "".join(
+            f"2015-12-{d:02d},{d % 3 * 1.5},{8 + d % 4},{2 + d % 3},{3 + d % 5}\n"
+            for d in range(1, 31)
+        )
+    )
+    assert main(["forecast", "weather_lstm", "--csv", str(path), "--horizon", "7", *url]) == 0
+    table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert table[0] == ["step", "precipitation", "temp_max", "temp_min", "wind"]
+    assert len(table) == 8 and all(np.isfinite([float(v) for v in r[1:]]).all() for r in table[1:])
