@@ -9,7 +9,8 @@ Protocol (see ``docs/streaming.md``):
   ``{"error": {problem details}}`` and the socket stays open;
 - the socket is closed with 4404 when the session does not exist (at connect, or when it
   is deleted), 4410 when it expired or was evicted, and 4401 when the API key is missing
-  or wrong. The close reason is the problem ``code``.
+  or wrong; 1013 (try again later) when the session store does not answer at connect.
+  The close reason is the problem ``code``.
 
 Authentication takes the ``Authorization: Bearer <key>`` header, or, for browsers that
 cannot set headers, the subprotocol ``bearer.<key>`` (echoed back on accept) or the
@@ -54,6 +55,7 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_GONE = 4410
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
 
 IDLE_CHECK_SECONDS = 2.0
 """Longest an idle socket goes without checking that its session still exists."""
@@ -104,7 +106,7 @@ class _Stream:
                 return
             self.closed = True
             if self.ws.application_state != WebSocketState.DISCONNECTED:
-                with contextlib.suppress(RuntimeError, OSError):
+                with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
                     await self.ws.close(code, reason[:120])
 
     async def send(self, payload: bytes) -> bool:
@@ -159,7 +161,7 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
         owner = authenticate(core.api_keys, authorization)
         await core.sessions.get(owner, session_id)
     except ServeError as exc:
-        await websocket.close(_close_code(exc) or CLOSE_INTERNAL, exc.code)
+        await websocket.close(_close_code(exc) or CLOSE_TRY_AGAIN, exc.code)
         return
 
     stream = _Stream(websocket, core, owner, session_id)
