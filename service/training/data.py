@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import importlib.resources
+import io
 import platform
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,8 +43,7 @@ class Text:
 
 def _vega_csv(file: str) -> tuple[list[dict[str, str]], str]:
     resource = importlib.resources.files("vega_datasets").joinpath("_data", file)
-    with resource.open("r", encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = list(csv.DictReader(io.StringIO(resource.read_text(encoding="utf-8"), newline="")))
     return rows, f"vega_datasets/_data/{file}"
 
 
@@ -65,6 +65,21 @@ def load_seattle_weather() -> Series:
         names=WEATHER_FEATURES,
         times=times,
         values=values,
+    )
+
+
+def load_seattle_daily_temps() -> Series:
+    """Daily Seattle temp_max and temp_min (°C) 2012-2015, from the same file as the weather."""
+    weather = load_seattle_weather()
+    columns = [WEATHER_FEATURES.index("temp_max"), WEATHER_FEATURES.index("temp_min")]
+    return Series(
+        dataset=weather.dataset,
+        package=weather.package,
+        package_version=weather.package_version,
+        source=weather.source,
+        names=("temp_max", "temp_min"),
+        times=weather.times,
+        values=weather.values[:, columns],
     )
 
 

@@ -13,10 +13,11 @@ Verification refuses a graph unless
 
 from __future__ import annotations
 
-import io
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -63,14 +64,18 @@ def export_torchscript(
     opset: int = 17,
 ) -> bytes:
     """Export ``module`` with the TorchScript exporter and return the ONNX bytes."""
-    buffer = io.BytesIO()
     module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory(prefix="lstm-serve-export-") as tmp,
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
+        path = Path(tmp) / "model.onnx"
         torch.onnx.export(
             module,
             example,
-            buffer,
+            str(path),
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_axes=dynamic_axes,
@@ -78,7 +83,7 @@ def export_torchscript(
             do_constant_folding=True,
             dynamo=False,
         )
-    return buffer.getvalue()
+        return path.read_bytes()
 
 
 def rnn_dynamic_axes(

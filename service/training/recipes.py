@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.training.data import Series, load_seattle_temps, load_seattle_weather
+from service.training.data import Series, load_seattle_daily_temps, load_seattle_weather
 from service.training.networks import Cell
 
 
@@ -34,6 +34,8 @@ class ForecastRecipe:
     burn_in: int
     """Steps at the start of each window left out of the loss (the state is still warming up)."""
     windows_per_epoch: int
+    hour_clock: bool = False
+    """Add ``hour_sin``/``hour_cos`` inputs (and outputs, advanced one hour by the graph)."""
     limit_rows: int | None = None
     """Use only the first ``limit_rows`` rows (quick tests, or validation runs that hold out
     the last year of training data)."""
@@ -90,21 +92,22 @@ RECIPES: dict[str, Recipe] = {
     "temps_gru": ForecastRecipe(
         name="temps_gru",
         description=(
-            "Hourly Seattle temperature (°F) for 2010: a GRU predicting the next hour. "
-            "Autoregressive: generate feeds each predicted hour back as the next input."
+            "Daily Seattle maximum and minimum temperature (°C), 2012-2015: a GRU predicting "
+            "the next day's temp_max and temp_min. Autoregressive: generate feeds each "
+            "predicted day back as the next input."
         ),
         cell="gru",
-        load=load_seattle_temps,
+        load=load_seattle_daily_temps,
         hidden=64,
         layers=1,
         epochs=40,
-        window=168,
+        window=90,
         batch_size=32,
         lr=3e-3,
-        test_rows=24 * 61,
-        seasonal_lag=24,
-        burn_in=24,
-        windows_per_epoch=256,
+        test_rows=365,
+        seasonal_lag=365,
+        burn_in=14,
+        windows_per_epoch=128,
     ),
     "pydoc_char_lstm": CharLMRecipe(
         name="pydoc_char_lstm",

@@ -163,7 +163,7 @@ def _fit(
         for i in range(batches):
             loss = step(i)
             optimiser.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             schedule.step()
@@ -173,6 +173,45 @@ def _fit(
             bar.update()
     model.eval()
     return smoothed
+
+
+def hour_clock(times: tuple[str, ...]) -> npt.NDArray[np.float64]:
+    """``[sin, cos]`` of the hour of day of each ISO timestamp."""
+    hours = np.array([int(t[11:13]) for t in times], dtype=np.float64)
+    angle = 2.0 * np.pi * hours / 24.0
+    return np.stack([np.sin(angle), np.cos(angle)], axis=1)
+
+
+def _forecast_metrics(
+    recipe: ForecastRecipe,
+    names: tuple[str, ...],
+    values: npt.NDArray[np.float64],
+    pred: npt.NDArray[np.float64],
+    test_start: int,
+) -> Evaluation:
+    """Held-out RMSE (data units, averaged over the forecast features) vs naive baselines.
+
+    ``pred[t]`` is the forecast of ``values[t + 1]`` made after seeing ``values[: t + 1]``.
+    """
+    n = len(values)
+    targets = range(test_start, n)
+    model_rmse = baselines.rmse_per_feature(pred[test_start - 1 :], values[test_start:])
+    persistence = baselines.lagged_rmse(values, targets, 1)
+    seasonal = baselines.lagged_rmse(values, targets, recipe.seasonal_lag)
+    metrics: dict[str, float] = {"rmse": float(model_rmse.mean())}
+    keys = []
+    for key, per in (("rmse_persistence", persistence), ("rmse_seasonal_naive", seasonal)):
+        if per is not None:
+            metrics[key] = float(per.mean())
+            keys.append(key)
+    for j, name in enumerate(names):
+        metrics[f"rmse.{name}"] = float(model_rmse[j])
+        for key, per in (("rmse_persistence", persistence), ("rmse_seasonal_naive", seasonal)):
+            if per is not None:
+                metrics[f"{key}.{name}"] = float(per[j])
+    evaluation = Evaluation(metrics=metrics, headline="rmse", baseline_keys=keys)
+    evaluation.check()
+    return evaluation
 
 
 def train_forecaster(
@@ -185,31 +224,45 @@ def train_forecaster(
     if recipe.limit_rows is not None:
         values = values[: recipe.limit_rows]
         times = times[: recipe.limit_rows]
-    n, features = values.shape
+    n, targets = values.shape
     test_start = n - recipe.test_rows
     if test_start <= recipe.window + 1:
         raise ValueError(f"{recipe.name}: not enough rows ({n}) for window and held-out tail")
     train = values[:test_start]
     mean = train.mean(axis=0)
     std = np.where(train.std(axis=0) > 1e-8, train.std(axis=0), 1.0)
-    z = torch.from_numpy(((values - mean) / std).astype(np.float32))
+    names = list(series.names)
+    inputs = values
+    if recipe.hour_clock:
+        inputs = np.concatenate([values, hour_clock(times)], axis=1)
+        mean = np.concatenate([mean, [0.0, 0.0]])
+        std = np.concatenate([std, [1.0, 1.0]])
+        names += ["hour_sin", "hour_cos"]
+    features = len(names)
+    z = torch.from_numpy(((inputs - mean) / std).astype(np.float32))
 
-    step_scale = np.diff(z.numpy()[:test_start], axis=0).std(axis=0)
+    step_scale = np.diff(z.numpy()[:test_start, :targets], axis=0).std(axis=0)
     model = Forecaster(
-        recipe.cell, features, recipe.hidden, recipe.layers, [float(s) for s in step_scale]
+        recipe.cell,
+        targets,
+        recipe.hidden,
+        recipe.layers,
+        [float(s) for s in step_scale],
+        clock_period=24 if recipe.hour_clock else None,
     )
     rng = np.random.default_rng(recipe.seed)
     last_start = test_start - 1 - recipe.window
     steps_per_epoch = max(recipe.windows_per_epoch // recipe.batch_size, 1)
     loss_fn = nn.MSELoss()
+    burn = min(recipe.burn_in, recipe.window - 1)
 
     def step(i: int) -> torch.Tensor:
         starts = rng.integers(0, last_start + 1, size=recipe.batch_size)
         idx = torch.from_numpy(starts[:, None] + np.arange(recipe.window)[None, :])
         x, y = z[idx], z[idx + 1]
         pred, _ = model.run(x, model.zero_state(recipe.batch_size))
-        burn = min(recipe.burn_in, recipe.window - 1)
-        return loss_fn(pred[:, burn:], y[:, burn:])
+        loss: torch.Tensor = loss_fn(pred[:, burn:, :targets], y[:, burn:, :targets])
+        return loss
 
     started = time.perf_counter()
     _fit(model, recipe.epochs * steps_per_epoch, step, recipe.lr, recipe.name, progress)
@@ -217,24 +270,8 @@ def train_forecaster(
 
     with torch.no_grad():
         pred_z, _ = model.run(z[None, :-1], model.zero_state(1))
-    pred = pred_z[0].numpy().astype(np.float64) * std + mean
-    targets = range(test_start, n)
-    model_rmse = baselines.rmse_per_feature(pred[test_start - 1 :], values[test_start:])
-    persistence = baselines.lagged_rmse(values, targets, 1)
-    seasonal = baselines.lagged_rmse(values, targets, recipe.seasonal_lag)
-    metrics: dict[str, float] = {"rmse": float(model_rmse.mean())}
-    keys = []
-    for key, per in (("rmse_persistence", persistence), ("rmse_seasonal_naive", seasonal)):
-        if per is not None:
-            metrics[key] = float(per.mean())
-            keys.append(key)
-    for j, name in enumerate(series.names):
-        metrics[f"rmse.{name}"] = float(model_rmse[j])
-        for key, per in (("rmse_persistence", persistence), ("rmse_seasonal_naive", seasonal)):
-            if per is not None:
-                metrics[f"{key}.{name}"] = float(per[j])
-    evaluation = Evaluation(metrics=metrics, headline="rmse", baseline_keys=keys)
-    evaluation.check()
+    pred = pred_z[0, :, :targets].numpy().astype(np.float64) * std[:targets] + mean[:targets]
+    evaluation = _forecast_metrics(recipe, series.names, values, pred, test_start)
 
     graph = GraphSpec(input="x", output="y", input_dtype="float32")
     example = torch.zeros(2, 5, features)
@@ -246,7 +283,8 @@ def train_forecaster(
         f"held-out tail: last {recipe.test_rows} rows ({times[test_start]} .. {times[-1]}); "
         f"normalisation from the training rows"
     )
-    names = list(series.names)
+    if recipe.hour_clock:
+        split += "; hour_sin/hour_cos are sin/cos(2*pi*hour/24), not normalised"
     manifest = Manifest(
         name=recipe.name,
         version=1,
@@ -269,7 +307,7 @@ def train_forecaster(
             rows=n,
             split=split,
         ),
-        metrics=metrics,
+        metrics=evaluation.metrics,
         headline_metric="rmse",
         parity=Parity(torch_vs_onnx=parity.torch_vs_onnx, step_vs_whole=parity.step_vs_whole),
         libraries=library_versions(),
@@ -336,7 +374,8 @@ def train_charlm(
         starts = rng.integers(0, last_start + 1, size=recipe.batch_size)
         idx = torch.from_numpy(starts[:, None] + np.arange(recipe.window)[None, :])
         logits, _ = model.run(tokens[idx], model.zero_state(recipe.batch_size))
-        return loss_fn(logits.reshape(-1, v), tokens[idx + 1].reshape(-1))
+        loss: torch.Tensor = loss_fn(logits.reshape(-1, v), tokens[idx + 1].reshape(-1))
+        return loss
 
     started = time.perf_counter()
     _fit(model, recipe.epochs * steps_per_epoch, step, recipe.lr, recipe.name, progress)
