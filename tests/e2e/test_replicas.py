@@ -18,8 +18,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import redis
+from websockets.asyncio.client import connect
 
 from tests.core.test_session_store import ThrowawayRedis
 from tests.deploy.nginx import Nginx, running_nginx
@@ -185,6 +187,27 @@ def test_a_replica_killed_mid_sequence_loses_nothing(cluster: Cluster, model_siz
     cluster.replicas[0] = _start_replica(cluster.log_dir, port=victim.port)
     with httpx.Client(base_url=cluster.replicas[0].url, timeout=10) as direct:
         assert direct.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
+
+
+async def test_websocket_stream_through_nginx(cluster: Cluster, model_size: int) -> None:
+    """The deployed conf upgrades /v1/sessions/{id}/stream; frames step the shared session."""
+    inputs = _sequence(9, model_size, seed=4)
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=10) as client:
+        sid = (await client.post("/v1/sessions", json={"model": MODEL})).json()["id"]
+        got: list[list[float]] = []
+        ws_url = cluster.url.replace("http://", "ws://", 1) + f"/v1/sessions/{sid}/stream"
+        async with connect(ws_url, open_timeout=10) as ws:
+            for a, b in _chunks(6):
+                await ws.send(orjson.dumps({"inputs": inputs[a:b], "offset": a}).decode())
+                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert reply["steps"] == b, reply
+                got += reply["outputs"]
+        # The rest over plain HTTP, on whichever replicas nginx picks.
+        r = await client.post(f"/v1/sessions/{sid}/step", json={"inputs": inputs[6:], "offset": 6})
+        assert r.status_code == 200, r.text
+        got += r.json()["outputs"]
+    want = _reference(cluster.replicas[1], inputs)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
 
 
 async def test_concurrent_offset_steps_apply_each_exactly_once(
