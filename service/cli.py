@@ -39,9 +39,8 @@ def setup_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.app import create_app
+    from service.server import serve
     from service.settings import Settings
 
     setup_logging(args.log_level)
@@ -50,16 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # pydantic ValidationError: print it plainly and stop
         print(f"lstm-serve: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=args.graceful_timeout,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-    )
+    serve(create_app(settings), args.host, args.port, args.graceful_timeout)
     return 0
 
 
@@ -111,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--graceful-timeout", type=float, default=20.0)
+    serve.add_argument("--graceful-timeout", type=int, default=20)
     serve.set_defaults(func=_serve)
     models = sub.add_parser("models", help="list the model store's versions")
     models.set_defaults(func=_models)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from service.metrics import Metrics
 from service.rate_limit import RateLimiter
@@ -11,6 +12,14 @@ from service.runner import Runner
 from service.session_store import SessionStore
 from service.sessions import SessionManager
 from service.settings import Settings
+
+
+class OpenStream(Protocol):
+    """An open WebSocket stream, as the app needs to see it: its owner, and how to close it."""
+
+    owner: str
+
+    async def close(self, code: int, reason: str) -> None: ...
 
 
 @dataclass
@@ -24,3 +33,12 @@ class AppState:
     rate_limiter: RateLimiter
     api_keys: list[bytes] = field(default_factory=list)
     draining: bool = False
+    streams: set[OpenStream] = field(default_factory=set)
+    """Open WebSocket streams, closed with 1001 when the server shuts down."""
+
+    def streams_of(self, owner: str) -> int:
+        return sum(1 for s in self.streams if s.owner == owner)
+
+    async def close_streams(self, code: int, reason: str) -> None:
+        for stream in list(self.streams):
+            await stream.close(code, reason)

@@ -9,7 +9,9 @@ Protocol (see ``docs/streaming.md``):
   ``{"error": {problem details}}`` and the socket stays open;
 - the socket is closed with 4404 when the session does not exist (at connect, or when it
   is deleted), 4410 when it expired or was evicted, and 4401 when the API key is missing
-  or wrong; 1013 (try again later) when the session store does not answer at connect.
+  or wrong; 1013 (try again later) when the session store does not answer at connect or
+  the key already holds ``LSTM_SERVE_MAX_STREAMS_PER_KEY`` open streams; 1001 (going away)
+  when the server shuts down (a step being applied finishes first).
   The close reason is the problem ``code``.
 
 Authentication takes the ``Authorization: Bearer <key>`` header, or, for browsers that
@@ -55,6 +57,7 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_GONE = 4410
 CLOSE_INTERNAL = 1011
+CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
 
 IDLE_CHECK_SECONDS = 2.0
@@ -164,7 +167,16 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
         await websocket.close(_close_code(exc) or CLOSE_TRY_AGAIN, exc.code)
         return
 
+    limit = core.settings.max_streams_per_key
+    if core.draining:
+        await websocket.close(CLOSE_GOING_AWAY, "server_shutting_down")
+        return
+    if limit and core.streams_of(owner) >= limit:
+        await websocket.close(CLOSE_TRY_AGAIN, "too_many_streams")
+        return
+
     stream = _Stream(websocket, core, owner, session_id)
+    core.streams.add(stream)
     watcher = asyncio.create_task(stream.watch())
     started = time.perf_counter()
     frames = 0
@@ -188,6 +200,7 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
         log.exception("websocket stream on session %s failed", session_id)
         await stream.close(CLOSE_INTERNAL, "internal_error")
     finally:
+        core.streams.discard(stream)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

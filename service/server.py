@@ -1,0 +1,42 @@
+"""Running the app under uvicorn, with a shutdown that drains before it stops."""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.state import AppState
+
+
+class GracefulServer(uvicorn.Server):
+    """On SIGTERM: readiness turns 503 and WebSocket streams close with 1001 (going away);
+    then uvicorn stops accepting, lets in-flight requests finish (bounded by the graceful
+    timeout) and runs the lifespan shutdown. A step being applied on a closing stream
+    finishes first: the session is never left half-stepped."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        core: AppState | None = getattr(self.app.state, "core", None)
+        if core is not None:
+            core.draining = True
+            await core.close_streams(1001, "server_shutting_down")
+        await super().shutdown(sockets)
+
+
+def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=graceful_timeout,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+    )
+    GracefulServer(config, app).run()
