@@ -7,7 +7,6 @@ ONNX graph signature the service expects (``x, h0[, c0] -> y, hn[, cn]``).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -54,53 +53,35 @@ class RecurrentNet(nn.Module):
 class Forecaster(RecurrentNet):
     """Next-step regression on normalised features.
 
-    The first ``targets`` features are forecast. The head predicts their change:
-    ``y_t = x_t + step_scale * head(h_t)``. Input and output share one normalisation, so this
-    is exact in normalised units and makes "no change" (the persistence baseline) the starting
-    point the network improves on. ``step_scale`` (the typical size of one step's change, per
-    feature) lets the head work in unit-sized numbers even for smooth series whose hourly
-    change is a small fraction of their spread.
-
-    With ``clock_period`` the last two features are a clock, ``sin`` and ``cos`` of the phase
-    within the period (e.g. hour of day), left unnormalised. The graph advances the clock by
-    one step with a fixed rotation, so outputs can be fed back as inputs indefinitely.
+    The head predicts the change: ``y_t = x_t + step_scale * head(h_t)``. Input and output
+    share one normalisation, so this is exact in normalised units and makes "no change" (the
+    persistence baseline) the starting point the network improves on. ``step_scale`` (the
+    typical size of one step's change, per feature) lets the head work in unit-sized numbers
+    even for smooth series whose step-to-step change is a small fraction of their spread.
     """
 
     step_scale: Tensor
-    clock_advance: Tensor
 
     def __init__(
         self,
         cell: Cell,
-        targets: int,
+        features: int,
         hidden: int,
         layers: int,
         step_scale: list[float] | None = None,
-        clock_period: int | None = None,
     ) -> None:
         super().__init__()
         self.cell = cell
         self.layers = layers
         self.hidden = hidden
-        self.targets = targets
-        self.has_clock = clock_period is not None
-        features = targets + (2 if self.has_clock else 0)
         self.rnn = _rnn(cell, features, hidden, layers)
-        self.head = nn.Linear(hidden, targets)
-        scale = torch.ones(targets) if step_scale is None else torch.tensor(step_scale)
+        self.head = nn.Linear(hidden, features)
+        scale = torch.ones(features) if step_scale is None else torch.tensor(step_scale)
         self.register_buffer("step_scale", scale.to(torch.float32))
-        angle = 2.0 * math.pi / (clock_period or 1)
-        # [sin, cos] (row vector) times this matrix is [sin(a + d), cos(a + d)].
-        advance = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
-        self.register_buffer("clock_advance", torch.tensor(advance, dtype=torch.float32))
 
     def run(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         out, new_state = self._recur(x, state)
-        forecast = x[..., : self.targets] + self.step_scale * self.head(out)
-        if not self.has_clock:
-            return forecast, new_state
-        clock = torch.matmul(x[..., self.targets :], self.clock_advance)
-        return torch.cat([forecast, clock], dim=-1), new_state
+        return x + self.step_scale * self.head(out), new_state
 
 
 class CharLM(RecurrentNet):

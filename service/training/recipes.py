@@ -34,8 +34,6 @@ class ForecastRecipe:
     burn_in: int
     """Steps at the start of each window left out of the loss (the state is still warming up)."""
     windows_per_epoch: int
-    hour_clock: bool = False
-    """Add ``hour_sin``/``hour_cos`` inputs (and outputs, advanced one hour by the graph)."""
     limit_rows: int | None = None
     """Use only the first ``limit_rows`` rows (quick tests, or validation runs that hold out
     the last year of training data)."""

@@ -175,13 +175,6 @@ def _fit(
     return smoothed
 
 
-def hour_clock(times: tuple[str, ...]) -> npt.NDArray[np.float64]:
-    """``[sin, cos]`` of the hour of day of each ISO timestamp."""
-    hours = np.array([int(t[11:13]) for t in times], dtype=np.float64)
-    angle = 2.0 * np.pi * hours / 24.0
-    return np.stack([np.sin(angle), np.cos(angle)], axis=1)
-
-
 def _forecast_metrics(
     recipe: ForecastRecipe,
     names: tuple[str, ...],
@@ -224,7 +217,7 @@ def train_forecaster(
     if recipe.limit_rows is not None:
         values = values[: recipe.limit_rows]
         times = times[: recipe.limit_rows]
-    n, targets = values.shape
+    n, features = values.shape
     test_start = n - recipe.test_rows
     if test_start <= recipe.window + 1:
         raise ValueError(f"{recipe.name}: not enough rows ({n}) for window and held-out tail")
@@ -232,23 +225,11 @@ def train_forecaster(
     mean = train.mean(axis=0)
     std = np.where(train.std(axis=0) > 1e-8, train.std(axis=0), 1.0)
     names = list(series.names)
-    inputs = values
-    if recipe.hour_clock:
-        inputs = np.concatenate([values, hour_clock(times)], axis=1)
-        mean = np.concatenate([mean, [0.0, 0.0]])
-        std = np.concatenate([std, [1.0, 1.0]])
-        names += ["hour_sin", "hour_cos"]
-    features = len(names)
-    z = torch.from_numpy(((inputs - mean) / std).astype(np.float32))
+    z = torch.from_numpy(((values - mean) / std).astype(np.float32))
 
-    step_scale = np.diff(z.numpy()[:test_start, :targets], axis=0).std(axis=0)
+    step_scale = np.diff(z.numpy()[:test_start], axis=0).std(axis=0)
     model = Forecaster(
-        recipe.cell,
-        targets,
-        recipe.hidden,
-        recipe.layers,
-        [float(s) for s in step_scale],
-        clock_period=24 if recipe.hour_clock else None,
+        recipe.cell, features, recipe.hidden, recipe.layers, [float(s) for s in step_scale]
     )
     rng = np.random.default_rng(recipe.seed)
     last_start = test_start - 1 - recipe.window
@@ -261,7 +242,7 @@ def train_forecaster(
         idx = torch.from_numpy(starts[:, None] + np.arange(recipe.window)[None, :])
         x, y = z[idx], z[idx + 1]
         pred, _ = model.run(x, model.zero_state(recipe.batch_size))
-        loss: torch.Tensor = loss_fn(pred[:, burn:, :targets], y[:, burn:, :targets])
+        loss: torch.Tensor = loss_fn(pred[:, burn:], y[:, burn:])
         return loss
 
     started = time.perf_counter()
@@ -270,7 +251,7 @@ def train_forecaster(
 
     with torch.no_grad():
         pred_z, _ = model.run(z[None, :-1], model.zero_state(1))
-    pred = pred_z[0, :, :targets].numpy().astype(np.float64) * std[:targets] + mean[:targets]
+    pred = pred_z[0].numpy().astype(np.float64) * std + mean
     evaluation = _forecast_metrics(recipe, series.names, values, pred, test_start)
 
     graph = GraphSpec(input="x", output="y", input_dtype="float32")
@@ -283,8 +264,6 @@ def train_forecaster(
         f"held-out tail: last {recipe.test_rows} rows ({times[test_start]} .. {times[-1]}); "
         f"normalisation from the training rows"
     )
-    if recipe.hour_clock:
-        split += "; hour_sin/hour_cos are sin/cos(2*pi*hour/24), not normalised"
     manifest = Manifest(
         name=recipe.name,
         version=1,
