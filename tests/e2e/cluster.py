@@ -1,0 +1,171 @@
+"""Redis-backed ``lstm-serve`` replicas behind ``deploy/nginx.conf``, for the e2e tests.
+
+``running_cluster`` starts N real server processes sharing one Redis database and a real
+nginx with the deployed configuration (rewritten only where it must be, see
+``tests/deploy/nginx.py``). Replicas can be killed and brought back on the same port.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from tests.deploy.nginx import Nginx, running_nginx
+from tests.e2e.server import REPO, Server, free_port, start_server
+
+
+@dataclass
+class Cluster:
+    replicas: list[Server]
+    nginx: Nginx
+    log_dir: Path
+    redis_url: str
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+    def upstreams(self, path_pattern: str) -> list[str]:
+        """Per logged request matching the path, the replicas nginx tried (``a:1, b:2``)."""
+        found = []
+        for line in self.nginx.access_log().splitlines():
+            m = re.search(r'"\w+ (\S+) HTTP[^"]*" .* upstream=(.+?) upstream_status=', line)
+            if m and re.fullmatch(path_pattern, m.group(1)):
+                found.append(m.group(2))
+        return found
+
+    def restart(self, index: int) -> Server:
+        """Bring replica ``index`` back on its port (after it was stopped or killed)."""
+        old = self.replicas[index]
+        self.replicas[index] = start_replica(self.log_dir, self.redis_url, port=old.port)
+        return self.replicas[index]
+
+
+def clean_redis(url: str) -> None:
+    """Delete the service's keys (default prefix ``lstm:``) from the database in ``url``."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match="lstm:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def start_replica(log_dir: Path, redis_url: str, port: int | None = None) -> Server:
+    env = {"LSTM_SERVE_SESSION_STORE": redis_url, "LSTM_SERVE_REQUEST_LOG": "false"}
+    return start_server(env, log_dir, port=port, ready_timeout=60)
+
+
+@contextmanager
+def running_cluster(redis_url: str, workdir: Path, n_replicas: int = 3) -> Iterator[Cluster]:
+    """``n_replicas`` servers on ``redis_url`` behind nginx; Redis keys cleaned on both ends."""
+    clean_redis(redis_url)
+    log_dir = workdir / "replicas"
+    nginx_dir = workdir / "nginx"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    nginx_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(n_replicas) as pool:
+        replicas = list(pool.map(lambda _: start_replica(log_dir, redis_url), range(n_replicas)))
+    cluster: Cluster | None = None
+    try:
+        with running_nginx(
+            REPO / "deploy" / "nginx.conf", nginx_dir, free_port(), [r.port for r in replicas]
+        ) as nginx:
+            cluster = Cluster(replicas, nginx, log_dir, redis_url)
+            yield cluster
+    finally:
+        for r in cluster.replicas if cluster is not None else replicas:
+            r.stop()
+        with suppress(redis.RedisError):
+            clean_redis(redis_url)
+
+
+def sequence(n: int, size: int, seed: int) -> list[list[float]]:
+    """``n`` weather-like rows of ``size`` features, exactly representable as float32."""
+    rng = np.random.default_rng(seed)
+    base = np.array([3.0, 16.0, 8.0, 3.3])[:size] if size == 4 else np.zeros(size)
+    x = base + rng.standard_normal((n, size)) * 2.0
+    return [[float(np.float32(v)) for v in row] for row in x]
+
+
+class AofRedis:
+    """A ``redis-server`` of our own with an fsync-always append-only file in ``workdir``.
+
+    It keeps every acknowledged write across ``kill()`` (SIGKILL) and ``start()``, which
+    reopens the same port and directory.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (Debian package redis-server)")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                client = redis.Redis(port=self.port, socket_timeout=0.5)
+                try:
+                    if client.ping():  # answers only once the AOF is loaded
+                        return
+                finally:
+                    client.close()
+            except redis.RedisError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("redis-server with AOF did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
