@@ -11,14 +11,12 @@ serialises requests per session, so a conflict means another replica wrote.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
-import orjson
 
 from service.errors import CapacityReached, SessionGone, SessionNotFound
 
@@ -61,75 +59,6 @@ class Tombstone:
     owner: str
     reason: str
     until: float
-
-
-def _b64(a: np.ndarray) -> dict[str, object]:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
-
-
-def _unb64(d: dict[str, object]) -> np.ndarray:
-    raw = base64.b64decode(str(d["data"]))
-    shape = [int(x) for x in d["shape"]]  # type: ignore[attr-defined]
-    return np.frombuffer(raw, dtype=np.float32).reshape(shape).copy()
-
-
-def encode_record(rec: SessionRecord) -> bytes:
-    """Compact serialisation of everything but the arrays' raw bytes layout (shared by stores)."""
-    doc: dict[str, object] = {
-        "id": rec.id,
-        "owner": rec.owner,
-        "model": rec.model,
-        "version": rec.version,
-        "steps": rec.steps,
-        "created_at": rec.created_at,
-        "ttl_seconds": rec.ttl_seconds,
-        "expires_at": rec.expires_at,
-        "state": {k: _b64(v) for k, v in rec.state.items()},
-        "last_output": _b64(rec.last_output) if rec.last_output is not None else None,
-        "last": (
-            {
-                "offset": rec.last.offset,
-                "n_steps": rec.last.n_steps,
-                "digest": rec.last.digest,
-                "response": base64.b64encode(rec.last.response).decode(),
-            }
-            if rec.last
-            else None
-        ),
-        "revision": rec.revision,
-        "kind": rec.kind,
-    }
-    return orjson.dumps(doc)
-
-
-def decode_record(raw: bytes) -> SessionRecord:
-    d = orjson.loads(raw)
-    last = d.get("last")
-    return SessionRecord(
-        id=d["id"],
-        owner=d["owner"],
-        model=d["model"],
-        version=int(d["version"]),
-        steps=int(d["steps"]),
-        created_at=float(d["created_at"]),
-        ttl_seconds=int(d["ttl_seconds"]),
-        expires_at=float(d["expires_at"]),
-        state={k: _unb64(v) for k, v in d["state"].items()},
-        last_output=_unb64(d["last_output"]) if d.get("last_output") else None,
-        last=(
-            LastApplied(
-                offset=int(last["offset"]),
-                n_steps=int(last["n_steps"]),
-                digest=last["digest"],
-                response=base64.b64decode(last["response"]),
-            )
-            if last
-            else None
-        ),
-        revision=int(d["revision"]),
-        kind=d.get("kind", "session"),
-    )
 
 
 class SessionStore(Protocol):
