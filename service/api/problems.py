@@ -74,7 +74,8 @@ def status_of(exc: ServeError) -> int:
     return 500
 
 
-def _headers(exc: ServeError) -> dict[str, str]:
+def error_headers(exc: ServeError) -> dict[str, str]:
+    """``Retry-After`` and ``WWW-Authenticate`` where the error calls for them."""
     headers: dict[str, str] = {}
     if isinstance(exc, CapacityReached | RateLimited | StoreUnavailable | NotReady):
         headers["Retry-After"] = str(exc.retry_after)
@@ -104,7 +105,7 @@ def _is_v2(request: Request) -> bool:
 
 def error_response(request: Request, exc: ServeError) -> Response:
     status = status_of(exc)
-    headers = _headers(exc)
+    headers = error_headers(exc)
     if _is_v2(request):
         return Response(
             orjson.dumps({"error": exc.detail}),

@@ -10,39 +10,15 @@ from __future__ import annotations
 import orjson
 from starlette.responses import Response
 
-from service.errors import (
-    CapacityReached,
-    InferenceError,
-    InvalidInput,
-    ModelNotFound,
-    NotReady,
-    RequestTooLarge,
-    ServeError,
-    SessionGone,
-    SessionNotFound,
-    StoreUnavailable,
-    Unauthorized,
-)
-
-_STATUS: list[tuple[type[ServeError], int]] = [
-    (InvalidInput, 400),
-    (InferenceError, 400),
-    (SessionNotFound, 400),
-    (SessionGone, 400),
-    (Unauthorized, 401),
-    (ModelNotFound, 404),
-    (RequestTooLarge, 413),
-    (CapacityReached, 429),
-    (StoreUnavailable, 503),
-    (NotReady, 503),
-]
+from service.api.problems import error_headers, status_of
+from service.errors import InferenceError, InvalidInput, ServeError, SessionGone, SessionNotFound
 
 
 def v2_status(exc: ServeError) -> int:
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 400
+    """Triton's status: the core's invalid input, inference and sequence errors are 400."""
+    if isinstance(exc, InvalidInput | InferenceError | SessionNotFound | SessionGone):
+        return 400
+    return status_of(exc)
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -55,9 +31,4 @@ def error_response(message: str, status: int, headers: dict[str, str] | None = N
 
 
 def v2_error(exc: ServeError) -> Response:
-    headers: dict[str, str] = {}
-    if isinstance(exc, CapacityReached | StoreUnavailable | NotReady):
-        headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="lstm-serve"'
-    return error_response(exc.detail, v2_status(exc), headers)
+    return error_response(exc.detail, v2_status(exc), error_headers(exc))
