@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest install-runtime install-dev models clean
+.PHONY: serve test lint typecheck pytest install-runtime install-dev models services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy service tests
 
-pytest: $(VENV)/.dev
+# What the tests talk to: a Redis at 127.0.0.1:6379 (started if not answering) and nginx
+# (Debian's package, installed if missing) in front of the replicas in the e2e tests.
+services:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+		redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		 apt-get install -y -qq --no-install-recommends nginx >/dev/null)
+
+pytest: $(VENV)/.dev services
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
