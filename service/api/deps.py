@@ -16,7 +16,8 @@ from service.state import AppState
 ANONYMOUS = "anonymous"
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread."""
     state: AppState = request.app.state.core
     return state
 
@@ -47,7 +48,8 @@ def authenticate(keys: list[bytes], authorization: str | None) -> str:
     return owner_for_key(presented.decode())
 
 
-def get_owner(request: Request) -> str:
+async def get_owner(request: Request) -> str:
+    """``async`` on purpose (see ``get_state``): the check is in-memory and non-blocking."""
     core: AppState = request.app.state.core
     owner = authenticate(core.api_keys, request.headers.get("authorization"))
     core.rate_limiter.check(owner)
