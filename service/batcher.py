@@ -24,10 +24,12 @@ Correctness rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Hashable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,20 +127,72 @@ def _run_calls(model: LoadedModel, calls: list[_Call], metrics: Metrics | None) 
     return alone
 
 
+_Job = tuple[
+    asyncio.AbstractEventLoop,
+    Callable[[], list[_Outcome]],
+    Callable[[list[_Outcome] | BaseException], None],
+]
+
+
+class Workers:
+    """Threads that run batches, fed through one ``SimpleQueue``.
+
+    Cheaper per batch than ``run_in_executor``: no ``concurrent.futures`` future, no
+    Python-level condition variable; each result goes back to its loop with one
+    ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, count: int, name: str = "ort") -> None:
+        self.count = count
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[[], list[_Outcome]],
+        done: Callable[[list[_Outcome] | BaseException], None],
+    ) -> None:
+        self._queue.put((loop, fn, done))
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            loop, fn, done = job
+            result: list[_Outcome] | BaseException
+            try:
+                result = fn()
+            except BaseException as exc:
+                result = exc
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
+                loop.call_soon_threadsafe(done, result)
+
+    def shutdown(self) -> None:
+        """Finish queued batches, then stop the threads. Blocking."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 class ModelBatcher:
     """The queue and dispatch policy for one model version, on one event loop."""
 
     def __init__(
         self,
         model: LoadedModel,
-        executor: Executor,
+        workers: Workers,
         max_size: int,
         max_wait: float,
         max_inflight: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
         self.model = model
-        self._executor = executor
+        self._workers = workers
         self._max_size = max_size
         self._max_wait = max_wait
         self._max_inflight = max_inflight
@@ -247,14 +301,16 @@ class ModelBatcher:
         for key in keys:
             self._inflight_keys[key] += 1
         assert self._loop is not None
-        fut = self._loop.run_in_executor(
-            self._executor, _run_calls, self.model, batch, self._metrics
+        model, metrics = self.model, self._metrics
+        self._workers.submit(
+            self._loop,
+            lambda: _run_calls(model, batch, metrics),
+            lambda result: self._finish(batch, keys, result),
         )
-        fut.add_done_callback(lambda f: self._finish(batch, keys, f))
         return True
 
     def _finish(
-        self, batch: list[_Call], keys: set[Hashable], fut: asyncio.Future[list[_Outcome]]
+        self, batch: list[_Call], keys: set[Hashable], result: list[_Outcome] | BaseException
     ) -> None:
         self._inflight -= 1
         for key in keys:
@@ -263,12 +319,7 @@ class ModelBatcher:
                 self._inflight_keys[key] = left
             else:
                 del self._inflight_keys[key]
-        if fut.cancelled():
-            outcomes: list[_Outcome] = [asyncio.CancelledError()] * len(batch)
-        elif (exc := fut.exception()) is not None:
-            outcomes = [exc] * len(batch)
-        else:
-            outcomes = fut.result()
+        outcomes = [result] * len(batch) if isinstance(result, BaseException) else result
         for call, outcome in zip(batch, outcomes, strict=True):
             if call.future.done():
                 continue
@@ -284,13 +335,13 @@ class Batcher:
 
     def __init__(
         self,
-        executor: Executor,
+        workers: Workers,
         max_size: int = 64,
         max_wait_us: int = 500,
         max_inflight: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
-        self._executor = executor
+        self._workers = workers
         self._max_size = max_size
         self._max_wait = max_wait_us / 1e6
         self._max_inflight = max_inflight
@@ -302,7 +353,7 @@ class Batcher:
         if mb is None or mb.model is not model:
             mb = ModelBatcher(
                 model,
-                self._executor,
+                self._workers,
                 self._max_size,
                 self._max_wait,
                 self._max_inflight,

@@ -9,12 +9,12 @@ onnxruntime runs on worker threads, so the event loop never blocks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.batcher import Batcher, SeqResult, run_grouped
+from service.batcher import Batcher, SeqResult, Workers, run_grouped
 from service.metrics import Metrics
 from service.registry import LoadedModel, State
 
@@ -46,9 +46,9 @@ class Runner:
         max_batch_size: int = 64,
         max_wait_us: int = 500,
     ) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort")
+        self._workers = Workers(workers)
         self._batcher = Batcher(
-            self._pool,
+            self._workers,
             max_size=max_batch_size,
             max_wait_us=max_wait_us,
             max_inflight=workers,
@@ -75,4 +75,4 @@ class Runner:
         return await self._batcher.run(model, seqs, states, key)
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        await asyncio.to_thread(self._workers.shutdown)
