@@ -14,10 +14,12 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import health, v1
 from service.api.problems import (
+    client_disconnect_handler,
     http_error_handler,
     serve_error_handler,
     unhandled_error_handler,
@@ -147,7 +149,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ", ".join(f"{m.name}:{m.version}" for m in registry.all()) or "none",
         )
         store = build_store(settings, metrics)
-        runner = Runner(metrics)
+        runner = Runner(
+            metrics,
+            max_batch_size=settings.batch_max_size,
+            max_wait_us=settings.batch_max_wait_us,
+        )
         core = AppState(
             settings=settings,
             registry=registry,
@@ -188,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ServeError, serve_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.include_router(health.router)
     app.include_router(v1.router)

@@ -65,17 +65,19 @@ async def rollout(
     context: np.ndarray | None,
     opts: GenerateOptions,
     result: Rollout,
+    key: str | None = None,
 ) -> AsyncIterator[GenStep]:
     """Feed ``context`` (model units) from ``state``, then generate ``opts.steps`` steps.
 
     Each generated step is fed back as the next input. When the generator finishes,
     ``result`` holds the state after the last generated step was fed back, so a session
     can advance exactly as if the client had stepped the context and every generated step.
+    ``key`` (a session id) keeps the runs in order with the session's other runs.
     """
     m = model.manifest
     fed = 0
     if context is not None:
-        (res,) = await runner.run(model, [context], [state])
+        (res,) = await runner.run(model, [context], [state], key=key)
         state, last_output, fed = res.state, res.outputs[-1], fed + int(context.shape[0])
     if last_output is None:
         raise InvalidInput("nothing to generate from: give a context", code="missing_context")
@@ -93,7 +95,7 @@ async def rollout(
             yield GenStep(i, decode_steps(m, last_output[None, :], 1)[0])
             data = denormalise(m.output, last_output)[m.feedback.output_index]
             nxt = normalise(m.input, data[None, :].astype(np.float32))
-        (res,) = await runner.run(model, [nxt], [state])
+        (res,) = await runner.run(model, [nxt], [state], key=key)
         state, last_output, fed = res.state, res.outputs[-1], fed + 1
     result.state, result.last_output, result.fed_steps = state, last_output, fed
     result.text = "".join(text_parts)

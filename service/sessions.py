@@ -352,7 +352,7 @@ class SessionManager:
                             f"offset {offset} does not match the session's {rec.steps} steps",
                             steps=rec.steps,
                         )
-                (res,) = await self.runner.run(model, [x], [rec.state])
+                (res,) = await self.runner.run(model, [x], [rec.state], key=rec.id)
                 steps = rec.steps + int(x.shape[0])
                 body_out: dict[str, Any] = {
                     "id": rec.id,
@@ -392,7 +392,7 @@ class SessionManager:
             rec = await self.get(owner, session_id)
             model = self.model_of(rec)
             async for step in rollout(
-                self.runner, model, rec.state, rec.last_output, context, opts, result
+                self.runner, model, rec.state, rec.last_output, context, opts, result, rec.id
             ):
                 yield step
             return
@@ -400,7 +400,7 @@ class SessionManager:
             rec = await self.get(owner, session_id)
             model = self.model_of(rec)
             async for step in rollout(
-                self.runner, model, rec.state, rec.last_output, context, opts, result
+                self.runner, model, rec.state, rec.last_output, context, opts, result, rec.id
             ):
                 yield step
             new = replace(

@@ -154,7 +154,7 @@ class Sequences:
                 before, steps = explicit or model.zero_state(), 0
             else:
                 before, steps = rec.state, rec.steps
-            (res,) = await runner.run(model, [x], [before])
+            (res,) = await runner.run(model, [x], [before], key=sid)
             if params.end:
                 await self._end(owner, sid)
                 return res

@@ -442,3 +442,41 @@ async def test_request_id_health_and_metrics(client: httpx.AsyncClient) -> None:
     ):
         assert name in text, name
     assert 'route="/v1/models/{name}/predict"' in text
+
+
+async def test_client_disconnect_mid_body_is_no_server_error(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    sid = await new_session(client)
+    before = await snapshot(client, sid)
+    events: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"inputs": [[1.0, 2.0', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return events.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/v1/sessions/{sid}/step",
+        "raw_path": f"/v1/sessions/{sid}/step".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"t")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert await snapshot(client, sid) == before
