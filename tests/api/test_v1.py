@@ -5,7 +5,7 @@ Every error test on a session checks that the session is exactly as before.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -458,8 +458,8 @@ async def test_client_disconnect_mid_body_is_no_server_error(
     async def receive() -> dict[str, Any]:
         return events.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     scope = {
         "type": "http",
