@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from service.errors import MalformedRequest, RequestTooLarge, Unauthorized
 from service.state import AppState
@@ -71,47 +73,60 @@ def parse_json(raw: bytes) -> Any:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over ``limit`` before reading it whole."""
-    length = request.headers.get("content-length")
-    if length is not None:
+async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    """The raw body from ASGI ``receive``, refusing (413) anything over ``limit``.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a
+    chunked body is cut off as soon as it passes the limit.
+    """
+    if content_length is not None:
         try:
-            declared = int(length)
+            declared = int(content_length)
         except ValueError as exc:
             raise MalformedRequest("invalid Content-Length") from exc
         if declared > limit:
             raise RequestTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
-        return await request.body()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise RequestTooLarge(f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def get_json_object(request: Request) -> dict[str, Any]:
-    core: AppState = request.app.state.core
-    raw = await read_body(request, core.settings.max_body_bytes)
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body of ``request`` (see ``receive_body``)."""
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+def parse_json_object(raw: bytes, required: bool = True) -> dict[str, Any]:
+    """A request body that must be a JSON object (400 otherwise); empty is ``{}`` if allowed."""
     if not raw.strip():
-        raise MalformedRequest("request body is empty; send a JSON object")
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise MalformedRequest("request body must be a JSON object")
-    return body
-
-
-async def get_optional_json_object(request: Request) -> dict[str, Any]:
-    core: AppState = request.app.state.core
-    raw = await read_body(request, core.settings.max_body_bytes)
-    if not raw.strip():
+        if required:
+            raise MalformedRequest("request body is empty; send a JSON object")
         return {}
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise MalformedRequest("request body must be a JSON object")
     return body
+
+
+async def get_json_object(request: Request) -> dict[str, Any]:
+    core: AppState = request.app.state.core
+    return parse_json_object(await read_body(request, core.settings.max_body_bytes))
+
+
+async def get_optional_json_object(request: Request) -> dict[str, Any]:
+    core: AppState = request.app.state.core
+    raw = await read_body(request, core.settings.max_body_bytes)
+    return parse_json_object(raw, required=False)
 
 
 JsonBody = Annotated[dict[str, Any], Depends(get_json_object)]
