@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import health, v1
+from service.api.fast_step import FastStepMiddleware
 from service.api.problems import (
     client_disconnect_handler,
     http_error_handler,
@@ -200,6 +202,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     for extra in _optional_routers():
         app.include_router(extra)
+    step_route = next(
+        r
+        for r in v1.router.routes
+        if isinstance(r, APIRoute) and r.path == "/v1/sessions/{session_id}/step"
+    )
+    app.add_middleware(FastStepMiddleware, route=step_route)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, log_requests=settings.request_log)
     return app
 

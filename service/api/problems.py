@@ -150,14 +150,16 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
     return error_response(request, InvalidInput(detail or "invalid request"))
 
 
+CLIENT_DISCONNECTED = problem_body(
+    400, "Client disconnected", "the request body was cut off", "client_disconnected"
+)
+
+
 async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
     """The client went away while its body was being read: nothing was applied, nobody
     reads the answer; no traceback, no 500."""
     log.debug("client disconnected during %s %s", request.method, request.url.path)
-    body = problem_body(
-        400, "Client disconnected", "the request body was cut off", "client_disconnected"
-    )
-    return Response(orjson.dumps(body), status_code=400, media_type=PROBLEM_JSON)
+    return Response(orjson.dumps(CLIENT_DISCONNECTED), status_code=400, media_type=PROBLEM_JSON)
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:

@@ -480,3 +480,23 @@ async def test_client_disconnect_mid_body_is_no_server_error(
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 400
     assert await snapshot(client, sid) == before
+
+
+async def test_the_step_fast_path_keeps_request_ids_metrics_and_routing(
+    client: httpx.AsyncClient,
+) -> None:
+    sid = await new_session(client)
+    r = await client.post(
+        f"/v1/sessions/{sid}/step", json={"inputs": SEQ[:1]}, headers={"X-Request-ID": "s-1"}
+    )
+    assert r.status_code == 200 and r.headers["x-request-id"] == "s-1"
+    assert r.headers["content-type"] == "application/json"
+    r = await client.post(f"/v1/sessions/{sid}/step", json={"inputs": SEQ[1:2], "offset": 0})
+    assert_problem(r, 409, "offset_conflict")
+    assert r.headers["x-request-id"]
+    for path in ("/v1/sessions//step", f"/v1/sessions/{sid}/x/step"):
+        assert_problem(await client.post(path, json={"inputs": SEQ[:1]}), 404)
+    assert (await client.get(f"/v1/sessions/{sid}/step")).status_code == 405
+    text = (await client.get("/metrics")).text
+    assert 'route="/v1/sessions/{session_id}/step",status="200"' in text
+    assert 'route="/v1/sessions/{session_id}/step",status="409"' in text
