@@ -12,14 +12,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import health, v1
+from service.api import health, stream, v1
 from service.api.fast_step import FastStepMiddleware
 from service.api.problems import (
     client_disconnect_handler,
@@ -37,6 +37,7 @@ from service.session_store import MemoryStore, SessionStore
 from service.sessions import SessionManager
 from service.settings import Settings
 from service.state import AppState
+from service.v2 import routes as v2_routes
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
@@ -210,8 +211,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.include_router(health.router)
     app.include_router(v1.router)
-    for extra in _optional_routers():
-        app.include_router(extra)
+    app.include_router(stream.router)
+    app.include_router(v2_routes.router)
     step_route = next(
         r
         for r in v1.router.routes
@@ -220,19 +221,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(FastStepMiddleware, route=step_route)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, log_requests=settings.request_log)
     return app
-
-
-def _optional_routers() -> list[APIRouter]:
-    """Adapters that live in their own modules (WebSocket stream, /v2), when present."""
-    import importlib
-
-    routers: list[APIRouter] = []
-    for module in ("service.api.stream", "service.v2.routes"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if not module.startswith(exc.name or "\0"):
-                raise
-            continue
-        routers.append(mod.router)
-    return routers
