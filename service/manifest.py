@@ -18,6 +18,14 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
+_VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
+
+
+def is_version_number(text: str) -> bool:
+    """A version as text: ASCII digits, no leading zero (``str.isdigit`` accepts "¹")."""
+    return _VERSION_RE.fullmatch(text) is not None
+
+
 def is_valid_model_name(name: str) -> bool:
     """Model names are lowercase slugs, so they can never traverse paths."""
     return bool(_NAME_RE.match(name))

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.errors import ModelStoreError
-from service.manifest import MANIFEST_FILE, Manifest, is_valid_model_name
+from service.manifest import MANIFEST_FILE, Manifest, is_valid_model_name, is_version_number
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def scan(root: Path) -> ScanResult:
             result.errors.append(f"{model_dir}: not a valid model name, skipped")
             continue
         for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-            if not version_dir.name.isdigit() or version_dir.name.startswith("0"):
+            if not is_version_number(version_dir.name):
                 result.errors.append(f"{version_dir}: not a version number, skipped")
                 continue
             try:
@@ -102,7 +102,7 @@ def next_version(root: Path, name: str) -> int:
     model_dir = root / name
     if not model_dir.is_dir():
         return 1
-    numbers = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    numbers = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_number(p.name)]
     return max(numbers, default=0) + 1
 
 

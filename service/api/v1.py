@@ -25,7 +25,7 @@ from service.api.schemas import (
 from service.encoding import decode_sequence, parse_body_inputs
 from service.errors import InvalidInput, ServeError
 from service.generation import GenStep, Rollout, check_generate_options, rollout
-from service.manifest import TextInput
+from service.manifest import TextInput, is_version_number
 from service.registry import LoadedModel
 from service.sessions import SessionManager, session_view
 from service.state import AppState
@@ -53,7 +53,7 @@ def _version(value: object, where: str = "version") -> int | None:
     if value is None:
         return None
     if isinstance(value, str):
-        if not value.isdigit():
+        if not is_version_number(value):
             raise InvalidInput(f"{where} must be a positive integer")
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:

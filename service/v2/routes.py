@@ -20,6 +20,7 @@ from starlette.responses import Response
 from service.api.deps import Core, Owner, read_body
 from service.api.health import readiness
 from service.errors import InvalidInput, ModelNotFound, ServeError
+from service.manifest import is_version_number
 from service.registry import LoadedModel
 from service.runner import SeqResult
 from service.state import AppState
@@ -81,7 +82,7 @@ def _json(body: Any, status: int = 200) -> Response:
 def _version(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not is_version_number(value):
         raise ModelNotFound(f"model version {value!r} is not a positive integer")
     return int(value)
 

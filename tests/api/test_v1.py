@@ -500,3 +500,15 @@ async def test_the_step_fast_path_keeps_request_ids_metrics_and_routing(
     text = (await client.get("/metrics")).text
     assert 'route="/v1/sessions/{session_id}/step",status="200"' in text
     assert 'route="/v1/sessions/{session_id}/step",status="409"' in text
+
+
+@pytest.mark.parametrize("version", ["¹", "٣", "0", "01", "1e3", "99999999999999999999"])
+async def test_non_ascii_or_odd_versions_are_client_errors(
+    client: httpx.AsyncClient, version: str
+) -> None:
+    r = await client.get("/v1/models/tiny_lstm", params={"version": version})
+    assert r.status_code in (404, 422), r.text
+    r = await client.get(f"/v2/models/tiny_lstm/versions/{version}")
+    assert r.status_code == 404 and "error" in r.json()
+    r = await client.post(f"/v2/models/tiny_lstm/versions/{version}/infer", content=b"{}")
+    assert r.status_code in (400, 404)
