@@ -11,8 +11,6 @@ import asyncio
 import re
 import signal
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,11 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import redis
 from websockets.asyncio.client import connect
 
 from tests.core.test_session_store import ThrowawayRedis
-from tests.deploy.nginx import Nginx, running_nginx
-from tests.e2e.server import REPO, Server, free_port, start_server
+from tests.e2e.cluster import Cluster, running_cluster, sequence
+from tests.e2e.server import Server, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -36,57 +33,10 @@ TOL = 1e-5
 N_REPLICAS = 3
 
 
-@dataclass
-class Cluster:
-    replicas: list[Server]
-    nginx: Nginx
-    log_dir: Path
-
-    @property
-    def url(self) -> str:
-        return self.nginx.url
-
-    def upstreams(self, path_pattern: str) -> list[str]:
-        """Per logged request matching the path, the replicas nginx tried (``a:1, b:2``)."""
-        found = []
-        for line in self.nginx.access_log().splitlines():
-            m = re.search(r'"\w+ (\S+) HTTP[^"]*" .* upstream=(.+?) upstream_status=', line)
-            if m and re.fullmatch(path_pattern, m.group(1)):
-                found.append(m.group(2))
-        return found
-
-
-def _clean_redis() -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match="lstm:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-def _start_replica(log_dir: Path, port: int | None = None) -> Server:
-    env = {"LSTM_SERVE_SESSION_STORE": REDIS_URL, "LSTM_SERVE_REQUEST_LOG": "false"}
-    return start_server(env, log_dir, port=port, ready_timeout=60)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    _clean_redis()
-    log_dir = tmp_path_factory.mktemp("replicas")
-    with ThreadPoolExecutor(N_REPLICAS) as pool:
-        replicas = list(pool.map(lambda _: _start_replica(log_dir), range(N_REPLICAS)))
-    try:
-        nginx_dir = tmp_path_factory.mktemp("nginx")
-        with running_nginx(
-            REPO / "deploy" / "nginx.conf", nginx_dir, free_port(), [r.port for r in replicas]
-        ) as nginx:
-            yield Cluster(replicas, nginx, log_dir)
-    finally:
-        for r in replicas:
-            r.stop()
-        _clean_redis()
+    with running_cluster(REDIS_URL, tmp_path_factory.mktemp("cluster"), N_REPLICAS) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +46,6 @@ def model_size(cluster: Cluster) -> int:
     info = httpx.get(f"{cluster.url}/v1/models/{MODEL}", timeout=10).json()
     size: int = info["input"]["size"]
     return size
-
-
-def _sequence(n: int, size: int, seed: int) -> list[list[float]]:
-    rng = np.random.default_rng(seed)
-    base = np.array([3.0, 16.0, 8.0, 3.3])[:size] if size == 4 else np.zeros(size)
-    x = base + rng.standard_normal((n, size)) * 2.0
-    return [[float(np.float32(v)) for v in row] for row in x]
 
 
 def _reference(server: Server, inputs: list[list[float]]) -> np.ndarray:
@@ -143,7 +86,7 @@ def _chunks(n: int) -> list[tuple[int, int]]:
 
 
 def test_steps_spread_over_replicas_match_one_process(cluster: Cluster, model_size: int) -> None:
-    inputs = _sequence(30, model_size, seed=1)
+    inputs = sequence(30, model_size, seed=1)
     want = _reference(cluster.replicas[0], inputs)
     got: list[list[float]] = []
     with httpx.Client(base_url=cluster.url, timeout=10) as client:
@@ -159,7 +102,7 @@ def test_steps_spread_over_replicas_match_one_process(cluster: Cluster, model_si
 
 
 def test_a_replica_killed_mid_sequence_loses_nothing(cluster: Cluster, model_size: int) -> None:
-    inputs = _sequence(24, model_size, seed=2)
+    inputs = sequence(24, model_size, seed=2)
     want = _reference(cluster.replicas[1], inputs)
     chunks = _chunks(len(inputs))
     half = len(chunks) // 2
@@ -184,14 +127,14 @@ def test_a_replica_killed_mid_sequence_loses_nothing(cluster: Cluster, model_siz
     assert len(answered) == N_REPLICAS - 1, after
 
     # The replica comes back on its port and serves the same sessions again.
-    cluster.replicas[0] = _start_replica(cluster.log_dir, port=victim.port)
+    cluster.restart(0)
     with httpx.Client(base_url=cluster.replicas[0].url, timeout=10) as direct:
         assert direct.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
 
 
 async def test_websocket_stream_through_nginx(cluster: Cluster, model_size: int) -> None:
     """The deployed conf upgrades /v1/sessions/{id}/stream; frames step the shared session."""
-    inputs = _sequence(9, model_size, seed=4)
+    inputs = sequence(9, model_size, seed=4)
     async with httpx.AsyncClient(base_url=cluster.url, timeout=10) as client:
         sid = (await client.post("/v1/sessions", json={"model": MODEL})).json()["id"]
         got: list[list[float]] = []
@@ -224,7 +167,7 @@ async def test_concurrent_offset_steps_apply_each_exactly_once(
 
         async def worker(w: int) -> None:
             nonlocal conflicts
-            mine = _sequence(per_worker, model_size, seed=100 + w)
+            mine = sequence(per_worker, model_size, seed=100 + w)
             offset = 0
             for x in mine:
                 while True:
@@ -266,7 +209,7 @@ async def test_concurrent_steps_without_offsets_serialise(
 ) -> None:
     """No offsets: every request is applied once, in some order, none lost or interleaved."""
     n = 24
-    inputs = _sequence(n, model_size, seed=7)
+    inputs = sequence(n, model_size, seed=7)
     async with httpx.AsyncClient(base_url=cluster.url, timeout=30) as client:
         sid = (await client.post("/v1/sessions", json={"model": MODEL})).json()["id"]
 
@@ -304,7 +247,7 @@ def test_redis_outage_answers_503_and_recovers_without_restart(tmp_path: Path) -
         with httpx.Client(base_url=server.url, timeout=10) as client:
             sid = _create(client)
             size = client.get(f"/v1/models/{MODEL}").json()["input"]["size"]
-            x = _sequence(1, size, seed=3)
+            x = sequence(1, size, seed=3)
             assert client.post(f"/v1/sessions/{sid}/step", json={"inputs": x}).status_code == 200
 
             redis_server.kill()
