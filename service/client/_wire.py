@@ -93,6 +93,26 @@ def steps_of(body: Mapping[str, Any]) -> int:
     return len(body["inputs"])
 
 
+def session_body(
+    model: str,
+    version: int | None,
+    ttl_seconds: int | None,
+    state: Mapping[str, Any] | None,
+    steps: int | None,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/sessions``; options left as None are not sent."""
+    body: dict[str, Any] = {"model": model}
+    for key, value in (
+        ("version", version),
+        ("ttl_seconds", ttl_seconds),
+        ("state", state),
+        ("steps", steps),
+    ):
+        if value is not None:
+            body[key] = value
+    return body
+
+
 def generate_body(
     context: Any,
     steps: int,

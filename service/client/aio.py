@@ -26,6 +26,7 @@ from service.client._wire import (
     retry_after,
     retryable,
     retryable_transport,
+    session_body,
     step_body,
     transport_error,
     ws_url,
@@ -160,15 +161,7 @@ class AsyncClient:
         steps: int | None = None,
     ) -> _SessionOpener:
         """``async with client.session(m) as s`` (deleted on exit), or ``await`` it."""
-        body: dict[str, Any] = {"model": model}
-        for key, value in (
-            ("version", version),
-            ("ttl_seconds", ttl_seconds),
-            ("state", state),
-            ("steps", steps),
-        ):
-            if value is not None:
-                body[key] = value
+        body = session_body(model, version, ttl_seconds, state, steps)
         return _SessionOpener(self, body)
 
     async def get_session(self, session_id: str) -> AsyncSession:

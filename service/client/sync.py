@@ -24,6 +24,7 @@ from service.client._wire import (
     retry_after,
     retryable,
     retryable_transport,
+    session_body,
     step_body,
     transport_error,
     ws_url,
@@ -169,15 +170,7 @@ class Client:
         steps: int | None = None,
     ) -> Session:
         """Create a session; as a context manager it is deleted on exit."""
-        body: dict[str, Any] = {"model": model}
-        for key, value in (
-            ("version", version),
-            ("ttl_seconds", ttl_seconds),
-            ("state", state),
-            ("steps", steps),
-        ):
-            if value is not None:
-                body[key] = value
+        body = session_body(model, version, ttl_seconds, state, steps)
         return Session(self, self._json("POST", "/v1/sessions", body, idempotent=False))
 
     def get_session(self, session_id: str) -> Session:
