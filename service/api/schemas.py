@@ -25,7 +25,7 @@ class PredictBody(BaseModel):
     return_: Literal["last", "all"] = Field(default="last", alias="return")
 
 
-class GenerateBody(BaseModel):
+class _GenerateOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     context: Sequence | str | None = None
     steps: int = Field(default=1, ge=1)
@@ -33,17 +33,13 @@ class GenerateBody(BaseModel):
     top_k: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=0)
     stream: bool = False
+
+
+class GenerateBody(_GenerateOptions):
     version: int | None = Field(default=None, ge=1)
 
 
-class SessionGenerateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    context: Sequence | str | None = None
-    steps: int = Field(default=1, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=100)
-    top_k: int | None = Field(default=None, ge=1)
-    seed: int | None = Field(default=None, ge=0)
-    stream: bool = False
+class SessionGenerateBody(_GenerateOptions):
     advance: bool = False
 
 
