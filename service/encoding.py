@@ -96,7 +96,7 @@ def encode_text(
             f"{where}: {len(text)} characters exceed the limit of {max_steps}",
             code="too_many_steps",
         )
-    index = vocab_index(spec)
+    index = spec.index
     ids = np.empty(len(text), dtype=np.int64)
     for i, ch in enumerate(text):
         tok = index.get(ch, spec.unknown_id)
@@ -107,18 +107,6 @@ def encode_text(
             )
         ids[i] = tok
     return ids
-
-
-_VOCAB_CACHE: dict[int, dict[str, int]] = {}
-
-
-def vocab_index(spec: TextInput) -> dict[str, int]:
-    key = id(spec)
-    index = _VOCAB_CACHE.get(key)
-    if index is None or len(index) != len(spec.vocab):
-        index = {ch: i for i, ch in enumerate(spec.vocab)}
-        _VOCAB_CACHE[key] = index
-    return index
 
 
 def parse_text(

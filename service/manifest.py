@@ -9,6 +9,7 @@ vocabulary) and where the model came from (data provenance, metrics, parity).
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,6 +78,11 @@ class TextInput(_Strict):
         if self.unknown_id is not None and not 0 <= self.unknown_id < self.vocab_size:
             raise ValueError("unknown_id out of range")
         return self
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Character → token id, built once per loaded manifest."""
+        return {ch: i for i, ch in enumerate(self.vocab)}
 
 
 InputSpec = Annotated[FeaturesInput | TextInput, Field(discriminator="kind")]
