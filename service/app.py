@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import secrets
 import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import health, stream, v1
-from service.api.fast_step import FastStepMiddleware
+from service.api.context import RequestContext, RequestContextMiddleware
+from service.api.fast_step import FastStep, ServeApp
 from service.api.problems import (
     client_disconnect_handler,
     http_error_handler,
@@ -40,7 +36,6 @@ from service.state import AppState
 from service.v2 import routes as v2_routes
 
 log = logging.getLogger("service")
-access_log = logging.getLogger("service.access")
 
 SWEEP_INTERVAL_SECONDS = 5.0
 
@@ -54,63 +49,6 @@ def build_store(settings: Settings, metrics: Metrics) -> SessionStore:
     from service.redis_store import RedisStore
 
     return RedisStore.from_url(settings.session_store, on_gone=on_gone)
-
-
-class RequestContextMiddleware:
-    """``X-Request-ID`` on every response, request metrics by route, one access-log line."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.log_requests = log_requests
-        self._id_prefix = secrets.token_hex(8)
-        self._ids = itertools.count()
-
-    def _next_id(self) -> str:
-        """32 hex digits: 64 random bits per process, then a counter (no syscall per request)."""
-        return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-                break
-        if not request_id:
-            request_id = self._next_id()
-        rid = request_id.encode("latin-1")
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(scope["method"], path, status, elapsed)
-            if self.log_requests:
-                access_log.info(
-                    "request",
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "route": path,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
 
 
 async def reload_models(core: AppState) -> None:
@@ -195,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.close()
             await store.close()
 
-    app = FastAPI(
+    app = ServeApp(
         title="lstm-serve",
         version="0.1.0",
         description="Inference for recurrent sequence models with stateful sessions.",
@@ -213,11 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(stream.router)
     app.include_router(v2_routes.router)
-    step_route = next(
-        r
-        for r in v1.router.routes
-        if isinstance(r, APIRoute) and r.path == "/v1/sessions/{session_id}/step"
-    )
-    app.add_middleware(FastStepMiddleware, route=step_route)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_requests=settings.request_log)
+    context = RequestContext(metrics, settings.request_log)
+    app.add_middleware(RequestContextMiddleware, context=context)
+    app.fast_step = FastStep(context)
     return app

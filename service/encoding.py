@@ -52,9 +52,8 @@ def _sequence(seq: object, size: int, max_steps: int, where: str) -> np.ndarray:
 
 
 def normalise(spec: FeaturesInput, raw: np.ndarray) -> np.ndarray:
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    return ((raw - mean) / std).astype(np.float32)
+    x: np.ndarray = ((raw - spec.mean_array) / spec.std_array).astype(np.float32, copy=False)
+    return x
 
 
 def parse_features(
@@ -160,9 +159,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def denormalise(spec: RegressionOutput, y: np.ndarray) -> np.ndarray:
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    return (y * std + mean).astype(np.float32)
+    out: np.ndarray = (y * spec.std_array + spec.mean_array).astype(np.float32, copy=False)
+    return out
 
 
 def decode_steps(manifest: Manifest, y: np.ndarray, top_k: int) -> list[Any]:

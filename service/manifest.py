@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MANIFEST_FILE = "manifest.json"
@@ -36,7 +37,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FeaturesInput(_Strict):
+class _Scaled(_Strict):
+    """A spec with per-feature ``mean`` and ``std``, kept as float32 arrays once loaded."""
+
+    if TYPE_CHECKING:  # declared by each subclass, so the fields keep their order
+        mean: list[float]
+        std: list[float]
+
+    @cached_property
+    def mean_array(self) -> np.ndarray:
+        return np.asarray(self.mean, dtype=np.float32)
+
+    @cached_property
+    def std_array(self) -> np.ndarray:
+        return np.asarray(self.std, dtype=np.float32)
+
+
+class FeaturesInput(_Scaled):
     """Numeric features, one vector of ``size`` floats per step.
 
     The wire carries values in the data's own units; the service applies
@@ -88,7 +105,7 @@ class TextInput(_Strict):
 InputSpec = Annotated[FeaturesInput | TextInput, Field(discriminator="kind")]
 
 
-class RegressionOutput(_Strict):
+class RegressionOutput(_Scaled):
     """Real values per step; the model emits ``(y - mean) / std``, the service undoes it."""
 
     kind: Literal["regression"] = "regression"

@@ -2,27 +2,66 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _RUN_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class RequestStats(Collector):
+    """``lstm_serve_requests_total`` and ``lstm_serve_request_duration_seconds``.
+
+    Kept as plain counters per (method, route, status) and turned into Prometheus
+    families only when scraped: ``labels()`` plus a locked counter and histogram cost
+    several microseconds per request, a few percent of a session step. Observations come
+    from the event loop thread only.
+    """
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self._buckets = buckets
+        # per series: one count per bucket, then the +Inf overflow, then the sum
+        self._series: dict[tuple[str, str, str], list[float]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, str(status))
+        counts = self._series.get(key)
+        if counts is None:
+            counts = self._series[key] = [0] * (len(self._buckets) + 2)
+        counts[bisect_left(self._buckets, seconds)] += 1
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["method", "route", "status"]
+        total = CounterMetricFamily("lstm_serve_requests", "HTTP requests", labels=labels)
+        latency = HistogramMetricFamily(
+            "lstm_serve_request_duration_seconds", "HTTP request latency", labels=labels
+        )
+        bounds = [str(float(b)) for b in self._buckets] + ["+Inf"]
+        for key, counts in list(self._series.items()):
+            counts = list(counts)
+            cumulative: list[tuple[str, float]] = []
+            running = 0.0
+            for bound, n in zip(bounds, counts[:-1], strict=True):
+                running += n
+                cumulative.append((bound, running))
+            total.add_metric(list(key), running)
+            latency.add_metric(list(key), cumulative, counts[-1])
+        yield total
+        yield latency
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "lstm_serve_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "lstm_serve_request_duration_seconds",
-            "HTTP request latency",
-            ["method", "route", "status"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.requests = RequestStats(_LATENCY_BUCKETS)
+        r.register(self.requests)
         self.sessions_active = Gauge(
             "lstm_serve_sessions_active", "Live sessions (as seen by this replica)", registry=r
         )
@@ -63,9 +102,7 @@ class Metrics:
         self.run_time.labels(model).observe(ran)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        code = str(status)
-        self.requests.labels(method, route, code).inc()
-        self.latency.labels(method, route, code).observe(seconds)
+        self.requests.observe(method, route, status, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,6 +32,7 @@ session's keys. Use one primary (with Sentinel or a managed failover if needed).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -333,6 +334,11 @@ class RedisStore:
         raise SessionNotFound(f"no session {session_id!r}")
 
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
+        # Shielded: a caller cancelled mid-write must not leave the result unread on the
+        # connection; the write completes (or fails) on its own either way.
+        return await asyncio.shield(self._save_record(rec, expected_revision))
+
+    async def _save_record(self, rec: SessionRecord, expected_revision: int) -> bool:
         ttl_ms, tomb_ms = self._expiries(rec)
         with _translated("save"):
             res = await self._save(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,9 @@ class LoadedModel:
     def version(self) -> int:
         return self.manifest.version
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """``name:version``; the batcher and metrics look it up on every run."""
         return f"{self.manifest.name}:{self.manifest.version}"
 
     def zero_state(self) -> State:

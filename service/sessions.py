@@ -15,6 +15,7 @@ import base64
 import binascii
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -63,46 +64,67 @@ def session_view(rec: SessionRecord) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepResult:
     body: dict[str, Any]
+    raw: bytes
+    """``body`` as JSON, encoded once (it is also what a retry gets back)."""
     replayed: bool = False
 
 
 class _Locks:
-    """Per-session asyncio locks that disappear when nobody holds or waits for them."""
+    """Per-session FIFO locks that exist only while someone holds or waits for them.
+
+    The lock is handed straight to the next waiter on release, so requests on one session
+    apply in arrival order. An uncontended acquire allocates nothing but a dict entry.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
-    async def __call__(self, key: str) -> _Held:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
+    def __call__(self, key: str) -> _Held:
+        return _Held(self, key)
+
+    async def acquire(self, key: str) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            self._waiters[key] = deque()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
         try:
-            await lock.acquire()
+            await fut
         except BaseException:
-            self._release_user(key)
+            if fut.done() and not fut.cancelled():
+                self.release(key)  # handed the lock while being cancelled: pass it on
+            else:
+                waiters.remove(fut)
             raise
-        return _Held(self, key, lock)
 
-    def _release_user(self, key: str) -> None:
-        lock, users = self._locks[key]
-        if users <= 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (lock, users - 1)
+    def release(self, key: str) -> None:
+        waiters = self._waiters[key]
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        del self._waiters[key]
+
+    def held(self, key: str) -> bool:
+        return key in self._waiters
 
 
 class _Held:
-    def __init__(self, owner: _Locks, key: str, lock: asyncio.Lock) -> None:
-        self._owner, self._key, self._lock = owner, key, lock
+    __slots__ = ("_key", "_owner")
+
+    def __init__(self, owner: _Locks, key: str) -> None:
+        self._owner, self._key = owner, key
 
     async def __aenter__(self) -> None:
-        return None
+        await self._owner.acquire(self._key)
 
     async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-        self._owner._release_user(self._key)
+        self._owner.release(self._key)
 
 
 class SessionManager:
@@ -202,7 +224,7 @@ class SessionManager:
             raise CapacityReached(f"this key already holds {limit} sessions, the limit per key")
 
     async def delete(self, owner: str, session_id: str, kind: str = "session") -> None:
-        async with await self._locks(session_id):
+        async with self._locks(session_id):
             await self.get(owner, session_id, kind)
             await self.store.delete(session_id)
 
@@ -213,7 +235,7 @@ class SessionManager:
         kind: str,
         change: Callable[[SessionRecord], SessionRecord],
     ) -> SessionRecord:
-        async with await self._locks(session_id):
+        async with self._locks(session_id):
             for _ in range(_CAS_ATTEMPTS):
                 rec = await self.get(owner, session_id, kind)
                 new = replace(change(rec), revision=rec.revision + 1).touched(self.clock())
@@ -330,7 +352,7 @@ class SessionManager:
     ) -> StepResult:
         """Apply one step request (``inputs`` or ``text``, optional ``offset``)."""
         offset = self._offset(body)
-        async with await self._locks(session_id):
+        async with self._locks(session_id):
             for _ in range(_CAS_ATTEMPTS):
                 rec = await self.get(owner, session_id, kind)
                 model = self.model_of(rec)
@@ -346,7 +368,7 @@ class SessionManager:
                     ):
                         replay: dict[str, Any] = orjson.loads(last.response)
                         replay["replayed"] = True
-                        return StepResult(replay, replayed=True)
+                        return StepResult(replay, orjson.dumps(replay), replayed=True)
                     if offset != rec.steps:
                         raise OffsetConflict(
                             f"offset {offset} does not match the session's {rec.steps} steps",
@@ -361,16 +383,16 @@ class SessionManager:
                         model.manifest, res.outputs, self.settings.top_k_default
                     ),
                 }
-                new = replace(
-                    rec,
-                    steps=steps,
-                    state=res.state,
-                    last_output=res.outputs[-1],
-                    last=LastApplied(rec.steps, int(x.shape[0]), digest, orjson.dumps(body_out)),
-                    revision=rec.revision + 1,
-                ).touched(self.clock())
-                if await asyncio.shield(self.store.save(new, rec.revision)):
-                    return StepResult(body_out)
+                raw = orjson.dumps(body_out)
+                new = rec.advanced(
+                    steps,
+                    res.state,
+                    res.outputs[-1],
+                    LastApplied(rec.steps, int(x.shape[0]), digest, raw),
+                    self.clock(),
+                )
+                if await self.store.save(new, rec.revision):
+                    return StepResult(body_out, raw)
         raise StoreUnavailable(f"session {session_id!r} is contended; retry")
 
     # -- generation -------------------------------------------------------------------------
@@ -396,22 +418,17 @@ class SessionManager:
             ):
                 yield step
             return
-        async with await self._locks(session_id):
+        async with self._locks(session_id):
             rec = await self.get(owner, session_id)
             model = self.model_of(rec)
             async for step in rollout(
                 self.runner, model, rec.state, rec.last_output, context, opts, result, rec.id
             ):
                 yield step
-            new = replace(
-                rec,
-                steps=rec.steps + result.fed_steps,
-                state=result.state,
-                last_output=result.last_output,
-                last=None,
-                revision=rec.revision + 1,
-            ).touched(self.clock())
-            if not await asyncio.shield(self.store.save(new, rec.revision)):
+            new = rec.advanced(
+                rec.steps + result.fed_steps, result.state, result.last_output, None, self.clock()
+            )
+            if not await self.store.save(new, rec.revision):
                 raise StoreUnavailable(f"session {session_id!r} changed during generation; retry")
 
     async def sweep(self) -> int:

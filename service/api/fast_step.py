@@ -1,58 +1,92 @@
-"""``POST /v1/sessions/{id}/step`` as a plain ASGI handler, ahead of FastAPI's routing.
+"""``POST /v1/sessions/{id}/step`` answered ahead of FastAPI.
 
-The session step is the hot path, and FastAPI's route matching, dependency solving and
-exception middleware cost several times what the step itself does. This middleware
-answers exactly that route with the same pieces the FastAPI route uses — the same
-authentication and rate limit, body limit and JSON parsing (``service.api.deps``), the
-same session manager call and the same problem details (``service.api.problems``) — and
-passes everything else on. The FastAPI route stays registered, so the OpenAPI document
-and ``/docs`` describe it; requests never reach it.
+The session step is the hot path. Starlette's middleware stack, FastAPI's route matching,
+dependency solving and exception middleware cost several times what the step itself does,
+so ``ServeApp`` (the FastAPI subclass ``create_app`` builds) hands exactly this route to
+``FastStep`` before any of that runs. It uses the same pieces the FastAPI route uses: the
+same authentication and rate limit, body limit and JSON parsing (``service.api.deps``),
+the same session manager call, the same problem details (``service.api.problems``) and
+the same request context (``service.api.context``). The FastAPI route stays registered, so
+the OpenAPI document and ``/docs`` describe it; requests never reach it.
 """
 
 from __future__ import annotations
 
-import orjson
-from fastapi.routing import APIRoute
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
+import logging
+import time
 
+import orjson
+from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
+
+from service.api.context import RequestContext
 from service.api.deps import authenticate, parse_json_object, receive_body
 from service.api.problems import (
     CLIENT_DISCONNECTED,
     PROBLEM_JSON,
     error_headers,
+    problem_body,
     problem_of,
     status_of,
 )
 from service.errors import ServeError
 from service.state import AppState
 
+log = logging.getLogger(__name__)
+
+ROUTE = "/v1/sessions/{session_id}/step"
 _PREFIX = "/v1/sessions/"
 _SUFFIX = "/step"
 _JSON = [(b"content-type", b"application/json")]
+_PROBLEM = [(b"content-type", PROBLEM_JSON.encode())]
+_INTERNAL = orjson.dumps(problem_body(500, "Internal error", "internal error", "internal_error"))
 
 
-class FastStepMiddleware:
-    def __init__(self, app: ASGIApp, route: APIRoute) -> None:
-        self.app = app
-        self.route = route
+def step_session_id(scope: Scope) -> str | None:
+    """The session id when ``scope`` is ``POST /v1/sessions/{id}/step``, else None."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path: str = scope["path"]
+    if not path.startswith(_PREFIX) or not path.endswith(_SUFFIX):
+        return None
+    session_id = path[len(_PREFIX) : -len(_SUFFIX)]
+    if not session_id or "/" in session_id:
+        return None
+    return session_id
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or not path.startswith(_PREFIX)
-            or not path.endswith(_SUFFIX)
-        ):
-            await self.app(scope, receive, send)
-            return
-        session_id = path[len(_PREFIX) : -len(_SUFFIX)]
-        if not session_id or "/" in session_id:
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = self.route
-        core: AppState = scope["app"].state.core
+
+class FastStep:
+    def __init__(self, context: RequestContext) -> None:
+        self.context = context
+
+    async def __call__(
+        self, core: AppState, session_id: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        request_id = self.context.request_id(scope)
+        started = time.perf_counter()
+        status = 500
+        try:
+            status, headers, payload = await self._answer(core, session_id, scope, receive)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        *headers,
+                        (b"content-length", str(len(payload)).encode()),
+                        (b"x-request-id", request_id.encode("latin-1")),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+        finally:
+            self.context.done(scope, ROUTE, status, started, request_id)
+
+    @staticmethod
+    async def _answer(
+        core: AppState, session_id: str, scope: Scope, receive: Receive
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         authorization: str | None = None
         content_length: str | None = None
         for name, value in scope["headers"]:
@@ -60,29 +94,37 @@ class FastStepMiddleware:
                 authorization = value.decode("latin-1")
             elif name == b"content-length":
                 content_length = value.decode("latin-1")
-        headers = _JSON
         try:
             owner = authenticate(core.api_keys, authorization)
             core.rate_limiter.check(owner)
             raw = await receive_body(receive, content_length, core.settings.max_body_bytes)
             result = await core.sessions.step(owner, session_id, parse_json_object(raw))
-            status = 200
-            payload = orjson.dumps(result.body, option=orjson.OPT_SERIALIZE_NUMPY)
+            return 200, _JSON, result.raw
         except ServeError as exc:
-            status = status_of(exc)
-            payload = orjson.dumps(problem_of(exc))
-            headers = [(b"content-type", PROBLEM_JSON.encode())] + [
+            headers = _PROBLEM + [
                 (k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()
             ]
+            return status_of(exc), headers, orjson.dumps(problem_of(exc))
         except ClientDisconnect:
-            status = 400
-            payload = orjson.dumps(CLIENT_DISCONNECTED)
-            headers = [(b"content-type", PROBLEM_JSON.encode())]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*headers, (b"content-length", str(len(payload)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+            return 400, _PROBLEM, orjson.dumps(CLIENT_DISCONNECTED)
+        except Exception:
+            log.exception("unhandled error on POST %s", scope["path"])
+            return 500, _PROBLEM, _INTERNAL
+
+
+class ServeApp(FastAPI):
+    """FastAPI with the session step answered by ``FastStep`` before Starlette's stack."""
+
+    fast_step: FastStep | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_step
+        if fast is not None:
+            session_id = step_session_id(scope)
+            if session_id is not None:
+                core: AppState | None = getattr(self.state, "core", None)
+                if core is not None:
+                    scope["app"] = self
+                    await fast(core, session_id, scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)

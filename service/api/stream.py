@@ -152,7 +152,7 @@ class _Stream:
                 await self.close(code, exc.code)
                 return False
             return await self.send(orjson.dumps({"error": problem_of(exc)}))
-        return await self.send(orjson.dumps(result.body, option=orjson.OPT_SERIALIZE_NUMPY))
+        return await self.send(result.raw)
 
 
 @router.websocket("/v1/sessions/{session_id}/stream")

@@ -258,7 +258,7 @@ async def delete_session(core: Core, owner: Owner, session_id: str) -> Response:
 @router.post("/sessions/{session_id}/step", tags=["sessions"], openapi_extra=request_body(StepBody))
 async def step_session(core: Core, owner: Owner, session_id: str, body: JsonBody) -> Response:
     result = await core.sessions.step(owner, session_id, body)
-    return json_response(result.body)
+    return Response(result.raw, media_type="application/json")
 
 
 @router.post("/sessions/{session_id}/reset", tags=["sessions"])

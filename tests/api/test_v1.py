@@ -512,3 +512,19 @@ async def test_non_ascii_or_odd_versions_are_client_errors(
     assert r.status_code == 404 and "error" in r.json()
     r = await client.post(f"/v2/models/tiny_lstm/versions/{version}/infer", content=b"{}")
     assert r.status_code in (400, 404)
+
+
+async def test_the_step_fast_path_answers_an_internal_fault_with_a_problem(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = await new_session(client)
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug, not the client's fault")
+
+    monkeypatch.setattr(app.state.core.sessions, "step", broken)
+    r = await client.post(f"/v1/sessions/{sid}/step", json={"inputs": SEQ[:1]})
+    assert_problem(r, 500, "internal_error")
+    assert "a bug" not in r.text and len(r.headers["x-request-id"]) == 32
+    text = (await client.get("/metrics")).text
+    assert 'route="/v1/sessions/{session_id}/step",status="500"' in text

@@ -270,3 +270,52 @@ async def test_text_session_equals_predict(
     assert top["token"] == model.manifest.input.vocab[int(np.argmax(probs))]  # type: ignore[union-attr]
     assert abs(top["p"] - float(probs.max())) < 1e-5
     assert b.body["steps"] == 11 and len(a.body["outputs"]) == 9
+
+
+async def test_steps_on_one_session_apply_in_arrival_order(manager: SessionManager) -> None:
+    import asyncio
+
+    rec = await manager.create("alice", "tiny_lstm")
+    results = await asyncio.gather(
+        *(manager.step("alice", rec.id, {"inputs": [[float(i), 0.0, 0.0]]}) for i in range(12))
+    )
+    assert [r.body["steps"] for r in results] == list(range(1, 13))
+
+
+async def test_session_locks_hand_over_in_order_and_survive_cancellation() -> None:
+    import asyncio
+
+    from service.sessions import _Locks
+
+    locks = _Locks()
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release_first = asyncio.Event()
+
+    async def worker(name: str, hold: asyncio.Event | None = None) -> None:
+        async with locks("s"):
+            order.append(name)
+            if hold is not None:
+                first_in.set()
+                await hold.wait()
+
+    first = asyncio.create_task(worker("a", release_first))
+    await first_in.wait()
+    waiting = [asyncio.create_task(worker(n)) for n in "bcd"]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # "b" leaves the queue before its turn
+    await asyncio.sleep(0)
+    release_first.set()
+    await asyncio.gather(first, *waiting[1:])
+    assert order == ["a", "c", "d"]
+    assert not locks.held("s")  # nobody holds or waits: the entry is gone
+
+    # a waiter cancelled just as the lock is handed to it passes the lock on
+    async with locks("t"):
+        handed = asyncio.create_task(locks.acquire("t"))
+        after = asyncio.create_task(worker("e"))
+        await asyncio.sleep(0)
+    handed.cancel()
+    await asyncio.gather(handed, return_exceptions=True)
+    await after
+    assert order[-1] == "e" and not locks.held("t")
