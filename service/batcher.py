@@ -5,8 +5,9 @@ and a future. Calls for one model version wait in that version's queue and go to
 thread together, as one batch, with the states stacked on the batch axis.
 
 When to run:
-- nothing in flight for the model: the queue is dispatched at once, so a lone request
-  never waits for company;
+- nothing in flight for the model: the queue is dispatched at the end of the event-loop
+  iteration in which the call arrived, so a lone request never waits for company, and
+  every request read off the sockets in that iteration shares its run;
 - a run is in flight: calls gather until ``max_size`` sequences are queued, or the
   oldest has waited ``max_wait`` seconds and a worker is free, or the in-flight runs end.
 
@@ -31,6 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,8 +40,7 @@ from service.metrics import Metrics
 from service.registry import LoadedModel, State
 
 
-@dataclass(frozen=True, slots=True)
-class SeqResult:
+class SeqResult(NamedTuple):
     """One sequence's outputs ``[time, out]`` (model units) and its final state."""
 
     outputs: np.ndarray
@@ -82,8 +83,8 @@ def run_grouped(
         started = time.perf_counter()
         if len(indices) == 1:
             x = seqs[indices[0]][np.newaxis]
-        else:
-            x = np.stack([seqs[i] for i in indices])
+        else:  # one C call (np.stack is Python-level per array)
+            x = np.array([seqs[i] for i in indices])
         y, finals = model.run_batch(x, [states[i] for i in indices])
         if metrics is not None:
             oldest = min(queued[i] for i in indices) if queued is not None else started
@@ -203,6 +204,7 @@ class ModelBatcher:
         self._inflight_keys: Counter[Hashable] = Counter()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_soon = False
 
     @property
     def pending(self) -> int:
@@ -223,12 +225,20 @@ class ModelBatcher:
         call = _Call(seqs, states, key, loop.create_future())
         self._pending.append(call)
         self._pending_seqs += len(seqs)
-        self._dispatch()
+        if not self._flush_soon:
+            # Dispatch at the end of this loop iteration, not now: every request that this
+            # iteration reads off its socket joins the batch, and nothing waits for a timer.
+            self._flush_soon = True
+            loop.call_soon(self._flush)
         try:
             return await call.future
         except asyncio.CancelledError:
             self._forget(call)
             raise
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        self._dispatch()
 
     def _forget(self, call: _Call) -> None:
         """A cancelled caller still in the queue leaves it; a running one is simply dropped."""

@@ -46,9 +46,26 @@ def _sequence(seq: object, size: int, max_steps: int, where: str) -> np.ndarray:
         raise InvalidInput(
             f"{where}: {len(seq)} steps exceed the limit of {max_steps}", code="too_many_steps"
         )
-    for t, step in enumerate(seq):
-        _check_step(step, size, f"{where}[{t}]")
+    if not _plain_steps(seq, size):
+        for t, step in enumerate(seq):  # something is wrong: find it and say what
+            _check_step(step, size, f"{where}[{t}]")
     return np.asarray(seq, dtype=np.float32)
+
+
+def _plain_steps(seq: list[Any], size: int) -> bool:
+    """True when every step is a list of ``size`` finite float32-range numbers.
+
+    The common case, checked inline (no call per value); ``_check_step`` explains a False.
+    """
+    for step in seq:
+        if type(step) is not list or len(step) != size:
+            return False
+        for v in step:
+            t = type(v)
+            # a chained comparison is False for NaN, infinities and out-of-range ints
+            if (t is not float and t is not int) or not -_F32_MAX <= v <= _F32_MAX:
+                return False
+    return True
 
 
 def normalise(spec: FeaturesInput, raw: np.ndarray) -> np.ndarray:

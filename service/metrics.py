@@ -95,11 +95,21 @@ class Metrics:
             buckets=_RUN_BUCKETS,
             registry=r,
         )
+        # labels() per onnxruntime run shows in profiles: the children are kept per model
+        self._run_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 
     def observe_run(self, model: str, batch: int, waited: float, ran: float) -> None:
-        self.batch_size.labels(model).observe(batch)
-        self.queue_wait.labels(model).observe(waited)
-        self.run_time.labels(model).observe(ran)
+        children = self._run_children.get(model)
+        if children is None:
+            children = self._run_children[model] = (
+                self.batch_size.labels(model),
+                self.queue_wait.labels(model),
+                self.run_time.labels(model),
+            )
+        size, wait, run = children
+        size.observe(batch)
+        wait.observe(waited)
+        run.observe(ran)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.observe(method, route, status, seconds)

@@ -65,32 +65,50 @@ class LoadedModel:
                 return s
         raise KeyError(name)
 
+    @cached_property
+    def _layout(self) -> tuple[list[str], list[tuple[str, str, tuple[int, ...], tuple[int, ...]]]]:
+        """Output names, and per state tensor: name, input, and the axis orders that move
+        the batch axis from the front to ``batch_axis`` and back."""
+        m = self.manifest
+        names = [m.graph.output, *(s.output for s in m.state)]
+        states = []
+        for spec in m.state:
+            rank = len(spec.shape) + 1
+            to_graph = list(range(1, rank))
+            to_graph.insert(spec.batch_axis, 0)
+            states.append((spec.name, spec.input, tuple(to_graph), tuple(np.argsort(to_graph))))
+        return names, states
+
     def run_batch(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
         """Run ``x`` (``[batch, time, ...]`` in model units) from per-sequence ``states``.
 
-        Returns the outputs ``[batch, time, out]`` and each sequence's final state.
-        Blocking; safe to call from several threads.
+        Returns the outputs ``[batch, time, out]`` and each sequence's final state (its own
+        copy, so an idle session never keeps a whole batch's array alive). Blocking; safe
+        to call from several threads. Stacking and splitting use C-level array calls
+        only: this runs with the GIL held, in competition with the event loop.
         """
         m = self.manifest
+        graph = m.graph
         batch = x.shape[0]
+        names, layout = self._layout
         feeds: dict[str, np.ndarray] = {
-            m.graph.input: np.ascontiguousarray(x.swapaxes(0, 1) if m.graph.time_major else x)
+            graph.input: np.ascontiguousarray(x.swapaxes(0, 1) if graph.time_major else x)
         }
-        for spec in m.state:
-            feeds[spec.input] = np.stack([s[spec.name] for s in states], axis=spec.batch_axis)
-        names = [m.graph.output, *(s.output for s in m.state)]
+        for name, input_name, to_graph, _ in layout:
+            stacked = np.array([s[name] for s in states], dtype=np.float32)
+            feeds[input_name] = np.ascontiguousarray(stacked.transpose(to_graph))
         try:
             results = self.session.run(names, feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InferenceError(f"model {self.key} failed: {exc}") from exc
         y = np.asarray(results[0], dtype=np.float32)
-        if m.graph.time_major:
+        if graph.time_major:
             y = y.swapaxes(0, 1)
         new_states: list[State] = [{} for _ in range(batch)]
-        for spec, arr in zip(m.state, results[1:], strict=True):
-            moved = np.moveaxis(np.asarray(arr, dtype=np.float32), spec.batch_axis, 0)
+        for (name, _, _, to_batch), arr in zip(layout, results[1:], strict=True):
+            moved = np.asarray(arr, dtype=np.float32).transpose(to_batch)
             for i in range(batch):
-                new_states[i][spec.name] = moved[i].copy()
+                new_states[i][name] = moved[i].copy()
         return y, new_states
 
 
