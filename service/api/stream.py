@@ -32,6 +32,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket
@@ -40,6 +42,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from service.api.deps import authenticate, parse_json
 from service.api.problems import problem_of
 from service.errors import (
+    InvalidInput,
     MalformedRequest,
     RequestTooLarge,
     ServeError,
@@ -59,6 +62,10 @@ CLOSE_GONE = 4410
 CLOSE_INTERNAL = 1011
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
+
+MAX_WAITING_FRAMES = 64
+"""Frames read ahead of the one being applied; the socket is not read further until
+they are answered (TCP pushes back on the client)."""
 
 IDLE_CHECK_SECONDS = 2.0
 """Longest an idle socket goes without checking that its session still exists."""
@@ -136,23 +143,118 @@ class _Stream:
                 delay = max(_EXPIRY_SLACK_SECONDS, min(IDLE_CHECK_SECONDS, until_expiry))
             await asyncio.sleep(delay)
 
-    async def handle(self, raw: bytes) -> bool:
-        """Apply one frame and answer it; False once the socket was closed."""
+    def _parse(self, raw: bytes) -> dict[str, Any]:
         limit = self.core.settings.max_body_bytes
+        if len(raw) > limit:
+            raise RequestTooLarge(f"frame of {len(raw)} bytes exceeds the limit of {limit}")
+        body = parse_json(raw)
+        if not isinstance(body, dict):
+            raise MalformedRequest("a frame must be a JSON object (a step body)")
+        return body
+
+    async def handle(self, frames: list[bytes]) -> bool:
+        """Apply frames in order and answer each; False once the socket was closed.
+
+        Consecutive plain frames (only ``inputs``, or only ``text``: no ``offset``) that
+        were already waiting are applied as one step of all their steps, which is exactly
+        equal to applying them one by one (a recurrent step is the same computation either
+        way), and each frame still gets its own reply with its own outputs and count.
+        """
+        limit = self.core.settings.max_steps_per_request
+        at = 0
+        while at < len(frames):
+            try:
+                body = self._parse(frames[at])
+            except ServeError as exc:
+                at += 1
+                if not await self._answer_error(exc):
+                    return False
+                continue
+            group = [body]
+            plain = _plain_steps(body)
+            if plain is not None:
+                kind, total = plain
+                while at + len(group) < len(frames):
+                    try:
+                        nxt = self._parse(frames[at + len(group)])
+                    except ServeError:
+                        break
+                    more = _plain_steps(nxt)
+                    if more is None or more[0] != kind or total + more[1] > limit:
+                        break
+                    group.append(nxt)
+                    total += more[1]
+            at += len(group)
+            if len(group) == 1:
+                ok = await self._step(body)
+            else:
+                ok = await self._step_group(kind, group)
+            if not ok:
+                return False
+        return True
+
+    async def _answer_error(self, exc: ServeError) -> bool:
+        code = _close_code(exc)
+        if code is not None:
+            await self.close(code, exc.code)
+            return False
+        return await self.send(orjson.dumps({"error": problem_of(exc)}))
+
+    async def _step(self, body: dict[str, Any]) -> bool:
         try:
-            if len(raw) > limit:
-                raise RequestTooLarge(f"frame of {len(raw)} bytes exceeds the limit of {limit}")
-            body = parse_json(raw)
-            if not isinstance(body, dict):
-                raise MalformedRequest("a frame must be a JSON object (a step body)")
             result = await self.core.sessions.step(self.owner, self.session_id, body)
         except ServeError as exc:
-            code = _close_code(exc)
-            if code is not None:
-                await self.close(code, exc.code)
-                return False
-            return await self.send(orjson.dumps({"error": problem_of(exc)}))
+            return await self._answer_error(exc)
         return await self.send(result.raw)
+
+    async def _step_group(self, kind: str, bodies: list[dict[str, Any]]) -> bool:
+        sizes = [len(b[kind]) for b in bodies]
+        combined: dict[str, Any] = (
+            {"text": "".join(b["text"] for b in bodies)}
+            if kind == "text"
+            else {"inputs": [step for b in bodies for step in b["inputs"]]}
+        )
+        try:
+            result = await self.core.sessions.step(self.owner, self.session_id, combined)
+        except InvalidInput:
+            # some frame is invalid: apply them one by one, so only that frame fails
+            for body in bodies:
+                if not await self._step(body):
+                    return False
+            return True
+        except ServeError as exc:  # nothing was applied: every frame gets the error
+            for _ in bodies:
+                if not await self._answer_error(exc):
+                    return False
+            return True
+        outputs = result.body["outputs"]
+        steps = result.body["steps"] - sum(sizes)
+        start = 0
+        for n in sizes:
+            steps += n
+            reply = {"id": self.session_id, "steps": steps, "outputs": outputs[start : start + n]}
+            start += n
+            if not await self.send(orjson.dumps(reply)):
+                return False
+        return True
+
+
+def _plain_steps(body: dict[str, Any]) -> tuple[str, int] | None:
+    """``(kind, steps)`` for a frame that may share a step with its neighbours, else None."""
+    if len(body) != 1:
+        return None
+    if "text" in body:
+        text = body["text"]
+        return ("text", len(text)) if isinstance(text, str) and text else None
+    inputs = body.get("inputs")
+    if (
+        isinstance(inputs, list)
+        and inputs
+        and isinstance(inputs[0], list)
+        and not (inputs[0] and isinstance(inputs[0][0], list))  # a batch is refused alone
+    ):
+        return "inputs", len(inputs)
+    return None
 
 
 @router.websocket("/v1/sessions/{session_id}/stream")
@@ -178,21 +280,51 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
     stream = _Stream(websocket, core, owner, session_id)
     core.streams.add(stream)
     watcher = asyncio.create_task(stream.watch())
+    inbox: deque[bytes] = deque()
+    ready = asyncio.Event()
+    room = asyncio.Event()
+    ended = False
+
+    async def read() -> None:
+        """Frames off the socket into ``inbox``, at most ``MAX_WAITING_FRAMES`` ahead."""
+        nonlocal ended
+        try:
+            while True:
+                message = await websocket.receive()
+                kind = message["type"]
+                if kind == "websocket.disconnect":
+                    return
+                if kind != "websocket.receive":
+                    continue
+                text = message.get("text")
+                inbox.append(text.encode() if text is not None else message.get("bytes") or b"")
+                ready.set()
+                if len(inbox) >= MAX_WAITING_FRAMES:
+                    room.clear()
+                    await room.wait()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        finally:
+            ended = True
+            ready.set()
+
+    reader = asyncio.create_task(read())
     started = time.perf_counter()
     frames = 0
     try:
         while True:
-            message = await websocket.receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                stream.closed = True
-                break
-            if kind != "websocket.receive":
+            if not inbox:
+                if ended:
+                    stream.closed = True
+                    break
+                ready.clear()
+                await ready.wait()
                 continue
-            text = message.get("text")
-            raw: bytes = text.encode() if text is not None else message.get("bytes") or b""
-            frames += 1
-            if not await stream.handle(raw):
+            batch = list(inbox)
+            inbox.clear()
+            room.set()
+            frames += len(batch)
+            if not await stream.handle(batch):
                 break
     except WebSocketDisconnect:
         stream.closed = True
@@ -201,9 +333,11 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
         await stream.close(CLOSE_INTERNAL, "internal_error")
     finally:
         core.streams.discard(stream)
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (reader, watcher):
+            task.cancel()
+        for task in (reader, watcher):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         log.debug(
             "websocket stream closed",
             extra={

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 from fastapi import FastAPI
@@ -216,3 +217,79 @@ async def test_a_vanished_client_stops_the_handler(app: FastAPI, client: httpx.A
     async with asyncio.timeout(5):
         await ws.task  # the handler returns, its idle watcher cancelled
     assert (await client.get(f"/v1/sessions/{sid}")).json()["steps"] == 1
+
+
+async def _frames_in_one_read(ws: FakeSocket, bodies: list[Any]) -> list[Any]:
+    """Queue every frame before the app runs, so they wait together, then read the replies."""
+    for body in bodies:
+        await ws.send(body)
+    return [await ws.recv() for _ in bodies]
+
+
+async def test_waiting_plain_frames_share_one_step_with_per_frame_replies(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    sid, ref = await create(client), await create(client)
+    sizes = [1, 3, 1, 2, 5, 1, 1, 4]
+    steps = [[0.1 * i, -0.05 * i, 0.5] for i in range(sum(sizes))]
+    bodies, at = [], 0
+    for n in sizes:
+        bodies.append({"inputs": steps[at : at + n]})
+        at += n
+    async with websocket(app, f"/v1/sessions/{sid}/stream") as ws:
+        replies = await _frames_in_one_read(ws, bodies)
+    assert [r["steps"] for r in replies] == [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    assert [len(r["outputs"]) for r in replies] == sizes
+    assert all(r["id"] == sid and "replayed" not in r for r in replies)
+    # the frames were applied as one step: one store write, not one per frame
+    record = await app.state.core.store.load(sid)
+    assert record.revision == 1 and record.steps == sum(sizes)
+    # and the outputs are those of one frame at a time over HTTP
+    want = []
+    for body in bodies:
+        r = await client.post(f"/v1/sessions/{ref}/step", json=body)
+        want.extend(r.json()["outputs"])
+    got = [out for r in replies for out in r["outputs"]]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)
+    state = (await client.get(f"/v1/sessions/{sid}/state")).json()
+    ref_state = (await client.get(f"/v1/sessions/{ref}/state")).json()
+    assert state["steps"] == ref_state["steps"] and state["state"] == ref_state["state"]
+
+
+async def test_a_bad_frame_among_waiting_frames_fails_alone(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    sid = await create(client)
+    bodies: list[Any] = [ONE, ONE, {"inputs": [[1.0, 2.0]]}, ONE, "{", ONE, {**ONE, "offset": 4}]
+    async with websocket(app, f"/v1/sessions/{sid}/stream") as ws:
+        replies = await _frames_in_one_read(ws, bodies)
+    assert replies[2]["error"]["code"] == "wrong_feature_count"
+    assert replies[4]["error"]["code"] == "malformed_request"
+    assert [r.get("steps") for r in replies] == [1, 2, None, 3, None, 4, 5]
+    assert (await client.get(f"/v1/sessions/{sid}")).json()["steps"] == 5
+
+
+async def test_waiting_frames_share_a_step_only_up_to_the_step_limit(tiny_store: Path) -> None:
+    async with app_with(tiny_store, max_steps_per_request=4) as (app, http):
+        sid = await create(http)
+        bodies = [{"inputs": [[0.5, 0.5, 0.5]] * n} for n in (2, 2, 3, 1, 4)]
+        async with websocket(app, f"/v1/sessions/{sid}/stream") as ws:
+            replies = await _frames_in_one_read(ws, bodies)
+        assert [r["steps"] for r in replies] == [2, 4, 7, 8, 12]
+        # (2+2), (3+1), (4): three writes
+        assert (await app.state.core.store.load(sid)).revision == 3
+
+
+async def test_waiting_text_frames_share_a_step(app: FastAPI, client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/sessions", json={"model": "tiny_char"})
+    sid = r.json()["id"]
+    r = await client.post("/v1/sessions", json={"model": "tiny_char"})
+    ref = r.json()["id"]
+    texts = ["ab", "c", "abc", "a"]
+    async with websocket(app, f"/v1/sessions/{sid}/stream") as ws:
+        replies = await _frames_in_one_read(ws, [{"text": t} for t in texts])
+    assert [r["steps"] for r in replies] == [2, 3, 6, 7]
+    assert (await app.state.core.store.load(sid)).revision == 1
+    want = (await client.post(f"/v1/sessions/{ref}/step", json={"text": "".join(texts)})).json()
+    got = [out for r in replies for out in r["outputs"]]
+    assert got == want["outputs"]
