@@ -80,31 +80,35 @@ class _Locks:
     """
 
     def __init__(self) -> None:
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        # held keys → their waiters (None until somebody waits: most steps never contend)
+        self._waiters: dict[str, deque[asyncio.Future[None]] | None] = {}
 
     def __call__(self, key: str) -> _Held:
         return _Held(self, key)
 
     async def acquire(self, key: str) -> None:
-        waiters = self._waiters.get(key)
-        if waiters is None:
-            self._waiters[key] = deque()
+        waiters = self._waiters
+        if key not in waiters:
+            waiters[key] = None
             return
+        queue = waiters[key]
+        if queue is None:
+            queue = waiters[key] = deque()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(fut)
+        queue.append(fut)
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.release(key)  # handed the lock while being cancelled: pass it on
             else:
-                waiters.remove(fut)
+                queue.remove(fut)
             raise
 
     def release(self, key: str) -> None:
-        waiters = self._waiters[key]
-        while waiters:
-            fut = waiters.popleft()
+        queue = self._waiters[key]
+        while queue:
+            fut = queue.popleft()
             if not fut.done():
                 fut.set_result(None)
                 return
