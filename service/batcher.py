@@ -41,10 +41,15 @@ from service.registry import LoadedModel, State
 
 
 class SeqResult(NamedTuple):
-    """One sequence's outputs ``[time, out]`` (model units) and its final state."""
+    """One sequence's outputs ``[time, out]`` (model units) and its final state.
+
+    ``wire`` is ``outputs`` in the data's own units for regression models (None for
+    others), denormalised once per onnxruntime run rather than once per request.
+    """
 
     outputs: np.ndarray
     state: State
+    wire: np.ndarray | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -86,13 +91,14 @@ def run_grouped(
         else:  # one C call (np.stack is Python-level per array)
             x = np.array([seqs[i] for i in indices])
         y, finals = model.run_batch(x, [states[i] for i in indices])
+        wire = model.wire_outputs(y)
         if metrics is not None:
             oldest = min(queued[i] for i in indices) if queued is not None else started
             metrics.observe_run(
                 model.key, len(indices), started - oldest, time.perf_counter() - started
             )
         for j, i in enumerate(indices):
-            results[i] = SeqResult(outputs=y[j], state=finals[j])
+            results[i] = SeqResult(y[j], finals[j], None if wire is None else wire[j])
     return [r for r in results if r is not None]
 
 

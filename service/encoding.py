@@ -183,11 +183,16 @@ def denormalise(spec: RegressionOutput, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode_steps(manifest: Manifest, y: np.ndarray, top_k: int) -> list[Any]:
-    """Model outputs ``[time, out]`` → one wire output per step."""
+def decode_steps(
+    manifest: Manifest, y: np.ndarray, top_k: int, wire: np.ndarray | None = None
+) -> list[Any]:
+    """Model outputs ``[time, out]`` → one wire output per step.
+
+    ``wire``, when given, is ``y`` already denormalised (``SeqResult.wire``).
+    """
     spec = manifest.output
     if isinstance(spec, RegressionOutput):
-        out: list[Any] = denormalise(spec, y).tolist()
+        out: list[Any] = (wire if wire is not None else denormalise(spec, y)).tolist()
         return out
     text_spec = manifest.input
     assert isinstance(text_spec, TextInput)
@@ -203,8 +208,10 @@ def decode_steps(manifest: Manifest, y: np.ndarray, top_k: int) -> list[Any]:
     return result
 
 
-def decode_sequence(manifest: Manifest, y: np.ndarray, mode: str, top_k: int) -> Any:
+def decode_sequence(
+    manifest: Manifest, y: np.ndarray, mode: str, top_k: int, wire: np.ndarray | None = None
+) -> Any:
     """One sequence's outputs for ``return: last`` (one output) or ``all`` (one per step)."""
     if mode == "last":
-        return decode_steps(manifest, y[-1:], top_k)[0]
-    return decode_steps(manifest, y, top_k)
+        return decode_steps(manifest, y[-1:], top_k, None if wire is None else wire[-1:])[0]
+    return decode_steps(manifest, y, top_k, wire)

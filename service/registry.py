@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.encoding import denormalise
 from service.errors import InferenceError, ModelNotFound, ModelStoreError
-from service.manifest import Manifest, StateTensor
+from service.manifest import Manifest, RegressionOutput, StateTensor
 from service.model_store import StoredVersion, scan
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class LoadedModel:
     def key(self) -> str:
         """``name:version``; the batcher and metrics look it up on every run."""
         return f"{self.manifest.name}:{self.manifest.version}"
+
+    def wire_outputs(self, y: np.ndarray) -> np.ndarray | None:
+        """Regression outputs in the data's own units (``encoding.denormalise``), else None."""
+        spec = self.manifest.output
+        return denormalise(spec, y) if isinstance(spec, RegressionOutput) else None
 
     def zero_state(self) -> State:
         return {s.name: np.zeros(s.shape, dtype=np.float32) for s in self.manifest.state}

@@ -384,7 +384,7 @@ class SessionManager:
                     "id": rec.id,
                     "steps": steps,
                     "outputs": decode_steps(
-                        model.manifest, res.outputs, self.settings.top_k_default
+                        model.manifest, res.outputs, self.settings.top_k_default, res.wire
                     ),
                 }
                 raw = orjson.dumps(body_out)

@@ -109,7 +109,8 @@ async def predict(core: Core, owner: Owner, name: str, body: JsonBody) -> Respon
     )
     results = await core.runner.run(model, seqs)
     outputs = [
-        decode_sequence(model.manifest, r.outputs, mode, settings.top_k_default) for r in results
+        decode_sequence(model.manifest, r.outputs, mode, settings.top_k_default, r.wire)
+        for r in results
     ]
     return json_response(
         {
