@@ -71,7 +71,8 @@ def run_grouped(
     queued: Sequence[float] | None = None,
     metrics: Metrics | None = None,
 ) -> list[SeqResult]:
-    """Run sequences through ``model``, one onnxruntime run per distinct length. Blocking.
+    """Run sequences (data units) through ``model``, one onnxruntime run per distinct
+    length. Blocking.
 
     ``queued`` (submission time per sequence) feeds the queue-wait metric when given.
     """
@@ -90,6 +91,9 @@ def run_grouped(
             x = seqs[indices[0]][np.newaxis]
         else:  # one C call (np.stack is Python-level per array)
             x = np.array([seqs[i] for i in indices])
+        # Unit conversions happen here, once per run on the worker, not once per request
+        # on the event loop: numpy calls there cost several times their own time.
+        x = model.model_inputs(x)
         y, finals = model.run_batch(x, [states[i] for i in indices])
         wire = model.wire_outputs(y)
         if metrics is not None:

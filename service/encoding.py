@@ -76,7 +76,8 @@ def normalise(spec: FeaturesInput, raw: np.ndarray) -> np.ndarray:
 def parse_features(
     manifest: Manifest, inputs: object, max_steps: int, max_batch: int
 ) -> tuple[list[np.ndarray], bool]:
-    """One sequence ``[[f..]..]`` or a batch ``[[[f..]..]..]`` → normalised arrays, batched?"""
+    """One sequence ``[[f..]..]`` or a batch ``[[[f..]..]..]`` → float32 arrays in the
+    data's units (the runner normalises them), and whether it was a batch."""
     spec = manifest.input
     if not isinstance(spec, FeaturesInput):
         raise InvalidInput(
@@ -94,7 +95,7 @@ def parse_features(
         seqs = [_sequence(s, spec.size, max_steps, f"inputs[{i}]") for i, s in enumerate(inputs)]
     else:
         seqs = [_sequence(inputs, spec.size, max_steps, "inputs")]
-    return [normalise(spec, s) for s in seqs], batched
+    return seqs, batched
 
 
 def encode_text(

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.encoding import decode_steps, denormalise, normalise, softmax
+from service.encoding import decode_steps, denormalise, softmax
 from service.errors import InvalidInput
 from service.manifest import FeaturesInput, RegressionOutput, TextInput
 from service.registry import LoadedModel, State
@@ -67,7 +67,8 @@ async def rollout(
     result: Rollout,
     key: str | None = None,
 ) -> AsyncIterator[GenStep]:
-    """Feed ``context`` (model units) from ``state``, then generate ``opts.steps`` steps.
+    """Feed ``context`` (data units, or token ids) from ``state``, then generate
+    ``opts.steps`` steps.
 
     Each generated step is fed back as the next input. When the generator finishes,
     ``result`` holds the state after the last generated step was fed back, so a session
@@ -94,7 +95,7 @@ async def rollout(
             assert isinstance(m.output, RegressionOutput) and isinstance(m.input, FeaturesInput)
             yield GenStep(i, decode_steps(m, last_output[None, :], 1)[0])
             data = denormalise(m.output, last_output)[m.feedback.output_index]
-            nxt = normalise(m.input, data[None, :].astype(np.float32))
+            nxt = data[None, :].astype(np.float32)  # data units, as a client would send
         (res,) = await runner.run(model, [nxt], [state], key=key)
         state, last_output, fed = res.state, res.outputs[-1], fed + 1
     result.state, result.last_output, result.fed_steps = state, last_output, fed

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.encoding import denormalise
+from service.encoding import denormalise, normalise
 from service.errors import InferenceError, ModelNotFound, ModelStoreError
-from service.manifest import Manifest, RegressionOutput, StateTensor
+from service.manifest import FeaturesInput, Manifest, RegressionOutput, StateTensor
 from service.model_store import StoredVersion, scan
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,12 @@ class LoadedModel:
     def key(self) -> str:
         """``name:version``; the batcher and metrics look it up on every run."""
         return f"{self.manifest.name}:{self.manifest.version}"
+
+    def model_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Inputs in the data's own units → what the graph takes (``encoding.normalise``
+        for feature models; token ids pass as they are). A new array."""
+        spec = self.manifest.input
+        return normalise(spec, x) if isinstance(spec, FeaturesInput) else x
 
     def wire_outputs(self, y: np.ndarray) -> np.ndarray | None:
         """Regression outputs in the data's own units (``encoding.denormalise``), else None."""

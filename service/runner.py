@@ -64,6 +64,10 @@ class Runner:
     ) -> list[SeqResult]:
         """Outputs and final states for ``seqs`` from ``states`` (zero state when omitted).
 
+        ``seqs`` are ``[time, features]`` float32 in the data's own units (the runner
+        normalises them per onnxruntime run) or ``[time]`` int64 token ids. Each result's
+        ``outputs`` are in model units, and ``wire`` holds regression outputs in data units.
+
         ``key`` (a session id) orders calls: two calls with one key never share a batch and
         run in the order they were made.
         """

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.encoding import denormalise, encode_text, normalise, softmax
+from service.encoding import denormalise, encode_text, softmax
 from service.errors import InvalidInput
 from service.manifest import FeaturesInput, Manifest, RegressionOutput, TextInput
 from service.registry import LoadedModel, State
@@ -122,7 +122,7 @@ def config(model: LoadedModel, max_batch: int, idle_seconds: int) -> dict[str, A
 
 @dataclass
 class ModelInputs:
-    """One request's inputs in model units, ready for the runner."""
+    """One request's inputs, checked and ready for the runner (features in data units)."""
 
     seqs: list[np.ndarray]
     states: list[State] | None
@@ -144,7 +144,7 @@ def _features(manifest: Manifest, t: InputTensor, max_steps: int, max_batch: int
         )
     batch, steps, _ = t.shape
     _check_sizes(batch, steps, max_steps, max_batch)
-    return normalise(spec, t.array.astype(np.float32, copy=False))
+    return t.array.astype(np.float32, copy=False)  # data units: the runner normalises
 
 
 def _check_sizes(batch: int, steps: int, max_steps: int, max_batch: int) -> None:
@@ -206,7 +206,7 @@ def _states(model: LoadedModel, given: dict[str, InputTensor], batch: int) -> li
 def model_inputs(
     model: LoadedModel, inputs: list[InputTensor], max_steps: int, max_batch: int
 ) -> ModelInputs:
-    """Check the request's tensors against the model and convert them to model units."""
+    """Check the request's tensors against the model and gather them for the runner."""
     m = model.manifest
     allowed = {INPUT, *(state_tensor_name(s.name) for s in m.state)}
     by_name: dict[str, InputTensor] = {}

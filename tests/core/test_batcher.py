@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.encoding import normalise
 from service.errors import InferenceError
 from service.manifest import FeaturesInput
 from service.metrics import Metrics
@@ -57,7 +56,11 @@ def assert_same(a: np.ndarray, b: np.ndarray) -> None:
 
 
 class Recorder:
-    """Wraps a model's ``run_batch`` to record each onnxruntime batch, optionally gated."""
+    """Wraps a model's ``run_batch`` to record each onnxruntime batch, optionally gated.
+
+    Records the batch in data units (before the runner normalises it), so tagged rows read
+    back as their tags.
+    """
 
     def __init__(self, model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
         self.batches: list[np.ndarray] = []
@@ -66,15 +69,23 @@ class Recorder:
         self.fail_if: Callable[[np.ndarray], bool] | None = None
         real = model.run_batch
 
+        current = threading.local()  # this worker's batch, between the two calls
+
+        def model_inputs(x: np.ndarray) -> np.ndarray:
+            current.x = x.copy()
+            self.batches.append(current.x)
+            return real_inputs(x)
+
         def run_batch(x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
-            self.batches.append(x.copy())
             self.started.set()
             if self.gate is not None:
                 self.gate.wait(10)
-            if self.fail_if is not None and self.fail_if(x):
+            if self.fail_if is not None and self.fail_if(current.x):
                 raise InferenceError("poisoned input")
             return real(x, states)
 
+        real_inputs = model.model_inputs
+        monkeypatch.setattr(model, "model_inputs", model_inputs)
         monkeypatch.setattr(model, "run_batch", run_batch)
 
 
@@ -233,9 +244,7 @@ async def test_session_order_kept_under_concurrency(
     for rec in recs:
         assert steps_by_session[rec.id] == [2 * (j + 1) for j in range(12)]
         seq = np.asarray([s for chunk in inputs[rec.id] for s in chunk], dtype=np.float32)
-        spec = model.manifest.input
-        assert isinstance(spec, FeaturesInput)
-        (whole,) = run_sync(model, [normalise(spec, seq)])
+        (whole,) = run_sync(model, [seq])
         for k in whole.state:
             np.testing.assert_allclose(finals[rec.id].state[k], whole.state[k], atol=1e-4)
 
