@@ -64,8 +64,9 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
 
 MAX_WAITING_FRAMES = 64
-"""Frames read ahead of the one being applied; the socket is not read further until
-they are answered (TCP pushes back on the client)."""
+"""Frames read ahead of the ones being applied. The socket is not read further while this
+many, or ``LSTM_SERVE_MAX_BODY_BYTES`` worth, are waiting (TCP pushes back on the client),
+so a socket never holds more than about twice the body limit in frames."""
 
 IDLE_CHECK_SECONDS = 2.0
 """Longest an idle socket goes without checking that its session still exists."""
@@ -281,13 +282,15 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
     core.streams.add(stream)
     watcher = asyncio.create_task(stream.watch())
     inbox: deque[bytes] = deque()
+    waiting_bytes = 0
     ready = asyncio.Event()
     room = asyncio.Event()
     ended = False
+    byte_limit = core.settings.max_body_bytes
 
     async def read() -> None:
         """Frames off the socket into ``inbox``, at most ``MAX_WAITING_FRAMES`` ahead."""
-        nonlocal ended
+        nonlocal ended, waiting_bytes
         try:
             while True:
                 message = await websocket.receive()
@@ -297,9 +300,11 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
                 if kind != "websocket.receive":
                     continue
                 text = message.get("text")
-                inbox.append(text.encode() if text is not None else message.get("bytes") or b"")
+                raw = text.encode() if text is not None else message.get("bytes") or b""
+                inbox.append(raw)
+                waiting_bytes += len(raw)
                 ready.set()
-                if len(inbox) >= MAX_WAITING_FRAMES:
+                if len(inbox) >= MAX_WAITING_FRAMES or waiting_bytes >= byte_limit:
                     room.clear()
                     await room.wait()
         except (WebSocketDisconnect, RuntimeError):
@@ -322,6 +327,7 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
                 continue
             batch = list(inbox)
             inbox.clear()
+            waiting_bytes = 0
             room.set()
             frames += len(batch)
             if not await stream.handle(batch):

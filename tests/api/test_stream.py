@@ -293,3 +293,19 @@ async def test_waiting_text_frames_share_a_step(app: FastAPI, client: httpx.Asyn
     want = (await client.post(f"/v1/sessions/{ref}/step", json={"text": "".join(texts)})).json()
     got = [out for r in replies for out in r["outputs"]]
     assert got == want["outputs"]
+
+
+async def test_frames_beyond_the_read_ahead_limits_are_all_answered_in_order(
+    tiny_store: Path,
+) -> None:
+    from service.api.stream import MAX_WAITING_FRAMES
+
+    # a small body limit makes the reader pause after a few frames, many times over
+    async with app_with(tiny_store, max_body_bytes=1024) as (app, http):
+        sid = await create(http)
+        n = 3 * MAX_WAITING_FRAMES
+        bodies = [{"inputs": [[i / n, 0.0, 1.0]]} for i in range(n)]
+        async with websocket(app, f"/v1/sessions/{sid}/stream") as ws:
+            replies = await _frames_in_one_read(ws, bodies)
+        assert [r["steps"] for r in replies] == list(range(1, n + 1))
+        assert (await http.get(f"/v1/sessions/{sid}")).json()["steps"] == n
