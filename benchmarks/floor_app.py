@@ -48,8 +48,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8101)
+    parser.add_argument(
+        "--one-write",
+        action="store_true",
+        help="serve with lstm-serve's HTTP protocol (one write per response) instead of stock",
+    )
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    http: Any = "auto"
+    if args.one_write:
+        from service.http_protocol import CoalescingHttpToolsProtocol
+
+        http = CoalescingHttpToolsProtocol
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False, http=http
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ round-robin, at concurrency 1 and 64:
   bundled store lacks it): session step, predict, WebSocket steps in lock-step (one frame
   in flight per socket) and streamed (``WS_DEPTH`` frames in flight per socket);
 - ``floor``: ``benchmarks/floor_app.py``, a bare Starlette route that parses the same
-  body and answers a step-shaped reply with no model;
+  body and answers a step-shaped reply with no model, on stock uvicorn; ``floor1w``: the
+  same on the HTTP protocol the service runs (``service.http_protocol``, one write per
+  response), the floor of the service's own stack;
 - ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
   states and the same model shape (skipped when torch is not installed).
 
@@ -415,19 +417,18 @@ def main(argv: list[str]) -> int:
             else:
                 print("service: no WebSocket stream route; ws case skipped")
             extra["service_batching"] = _batching(port)
-    if "floor" in only and have_wrk:
+    # the floor on stock uvicorn, and on the HTTP protocol lstm-serve runs (one write per
+    # response, service.http_protocol): the second is the floor of the service's own stack
+    floors = [("floor", "step (no model)", []), ("floor1w", "step, one write", ["--one-write"])]
+    for server, case, flags in floors if "floor" in only and have_wrk else []:
         port = _free_port()
-        cmd = [sys.executable, str(BENCH_DIR / "floor_app.py"), "--port", str(port)]
-        with _server(cmd, port, None, tmp / "floor.log"):
+        cmd = [sys.executable, str(BENCH_DIR / "floor_app.py"), "--port", str(port), *flags]
+        with _server(cmd, port, None, tmp / f"{server}.log"):
             ids = _fake_ids(args.sessions, tmp / "floor_ids.txt")
             step_args = [str(ids), str(step_body)]
             wrk(port, 16, 1, "step.lua", step_args)
             for c in args.concurrency:
-                record(
-                    _result(
-                        "floor", "step (no model)", c, wrk(port, c, seconds, "step.lua", step_args)
-                    )
-                )
+                record(_result(server, case, c, wrk(port, c, seconds, "step.lua", step_args)))
     if "torch" in only and have_wrk:
         if not have_torch:
             print("torch is not installed (pip install -e '.[train]'): baseline skipped")
@@ -545,6 +546,7 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
     step64 = _find(results, "service", "session step", 64)
     step1 = _find(results, "service", "session step", 1)
     floor64 = _find(results, "floor", "step", 64)
+    floor1w64 = _find(results, "floor1w", "step", 64)
     torch64 = _find(results, "torch", "session step", 64)
     ws64 = _find(results, "service", "ws session step", 64)
     stream64 = _find(results, "service", "ws stream", 64)
@@ -555,7 +557,9 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
         print(f"  {name:<44} {shown:>8}  (target {target}: {verdict})")
 
     r = step64.rps / floor64.rps if step64 and floor64 else None
-    line("step c64 throughput / raw HTTP floor", r, ">= 0.8", None if r is None else r >= 0.8)
+    line("step c64 / HTTP floor, stock uvicorn", r, ">= 0.8", None if r is None else r >= 0.8)
+    r = step64.rps / floor1w64.rps if step64 and floor1w64 else None
+    line("step c64 / HTTP floor, same protocol", r, ">= 0.8", None if r is None else r >= 0.8)
     r = step64.rps / torch64.rps if step64 and torch64 else None
     line("step c64 throughput / FastAPI+PyTorch", r, ">= 4", None if r is None else r >= 4)
     p = step1.p50_ms if step1 else None

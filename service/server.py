@@ -7,6 +7,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
+from service.http_protocol import CoalescingHttpToolsProtocol
 from service.state import AppState
 
 
@@ -35,6 +36,7 @@ def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
         port=port,
         log_config=None,
         access_log=False,
+        http=CoalescingHttpToolsProtocol,
         timeout_graceful_shutdown=graceful_timeout,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
