@@ -352,9 +352,19 @@ class SessionManager:
         return offset
 
     async def step(
-        self, owner: str, session_id: str, body: dict[str, Any], kind: str = "session"
+        self,
+        owner: str,
+        session_id: str,
+        body: dict[str, Any],
+        kind: str = "session",
+        last_steps: int | None = None,
     ) -> StepResult:
-        """Apply one step request (``inputs`` or ``text``, optional ``offset``)."""
+        """Apply one step request (``inputs`` or ``text``, optional ``offset``).
+
+        ``last_steps`` says the body joins several requests (waiting WebSocket frames) whose
+        last one is its final ``last_steps`` steps: that one is kept as the last applied
+        request, exactly as if it had been applied alone, so its retry is replayed.
+        """
         offset = self._offset(body)
         async with self._locks(session_id):
             for _ in range(_CAS_ATTEMPTS):
@@ -388,13 +398,20 @@ class SessionManager:
                     ),
                 }
                 raw = orjson.dumps(body_out)
-                new = rec.advanced(
-                    steps,
-                    res.state,
-                    res.outputs[-1],
-                    LastApplied(rec.steps, int(x.shape[0]), digest, raw),
-                    self.clock(),
-                )
+                applied = LastApplied(rec.steps, int(x.shape[0]), digest, raw)
+                if last_steps is not None and last_steps < x.shape[0]:
+                    tail = {
+                        "id": rec.id,
+                        "steps": steps,
+                        "outputs": body_out["outputs"][-last_steps:],
+                    }
+                    applied = LastApplied(
+                        steps - last_steps,
+                        last_steps,
+                        inputs_digest(x[-last_steps:]),
+                        orjson.dumps(tail),
+                    )
+                new = rec.advanced(steps, res.state, res.outputs[-1], applied, self.clock())
                 if await self.store.save(new, rec.revision):
                     return StepResult(body_out, raw)
         raise StoreUnavailable(f"session {session_id!r} is contended; retry")

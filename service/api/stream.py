@@ -216,7 +216,9 @@ class _Stream:
             else {"inputs": [step for b in bodies for step in b["inputs"]]}
         )
         try:
-            result = await self.core.sessions.step(self.owner, self.session_id, combined)
+            result = await self.core.sessions.step(
+                self.owner, self.session_id, combined, last_steps=sizes[-1]
+            )
         except InvalidInput:
             # some frame is invalid: apply them one by one, so only that frame fails
             for body in bodies:

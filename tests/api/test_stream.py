@@ -309,3 +309,21 @@ async def test_frames_beyond_the_read_ahead_limits_are_all_answered_in_order(
             replies = await _frames_in_one_read(ws, bodies)
         assert [r["steps"] for r in replies] == list(range(1, n + 1))
         assert (await http.get(f"/v1/sessions/{sid}")).json()["steps"] == n
+
+
+async def test_the_last_of_frames_that_shared_a_step_is_replayed_like_a_lone_one(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    sid = await create(client)
+    bodies = [{"inputs": [[0.1, 0.2, 0.3]]}, {"inputs": [[0.4, 0.5, 0.6], [0.7, 0.8, 0.9]]}]
+    async with websocket(app, f"/v1/sessions/{sid}/stream") as ws:
+        replies = await _frames_in_one_read(ws, bodies)
+        assert (await app.state.core.store.load(sid)).revision == 1  # they shared a step
+        # a retry of the last frame, now with its offset, gets its own reply again
+        replay = await ws.step({**bodies[1], "offset": 1})
+        assert replay == {**replies[1], "replayed": True}
+        # the first frame is not the last applied request any more: a conflict
+        err = (await ws.step({**bodies[0], "offset": 0}))["error"]
+        assert err["code"] == "offset_conflict" and err["steps"] == 3
+    r = await client.post(f"/v1/sessions/{sid}/step", json={**bodies[1], "offset": 1})
+    assert r.json() == {**replies[1], "replayed": True}
