@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import secrets
 import time
 from collections import deque
@@ -102,7 +103,9 @@ class _Locks:
             if fut.done() and not fut.cancelled():
                 self.release(key)  # handed the lock while being cancelled: pass it on
             else:
-                queue.remove(fut)
+                # a release may already have dropped this cancelled waiter from the queue
+                with contextlib.suppress(ValueError):
+                    queue.remove(fut)
             raise
 
     def release(self, key: str) -> None:

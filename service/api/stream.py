@@ -309,8 +309,10 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
                 if len(inbox) >= MAX_WAITING_FRAMES or waiting_bytes >= byte_limit:
                     room.clear()
                     await room.wait()
-        except (WebSocketDisconnect, RuntimeError):
+        except (WebSocketDisconnect, RuntimeError):  # the socket is gone or closed by us
             return
+        except Exception:
+            log.exception("websocket stream on session %s: reading failed", session_id)
         finally:
             ended = True
             ready.set()

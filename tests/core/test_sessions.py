@@ -317,3 +317,22 @@ async def test_session_locks_hand_over_in_order_and_survive_cancellation() -> No
     await asyncio.gather(handed, return_exceptions=True)
     await after
     assert order[-1] == "e" and not locks.held("t")
+
+
+async def test_a_waiter_cancelled_after_a_release_skipped_it_leaves_quietly() -> None:
+    import asyncio
+
+    from service.sessions import _Locks
+
+    locks = _Locks()
+    await locks.acquire("s")
+    waiter = asyncio.create_task(locks.acquire("s"))
+    await asyncio.sleep(0)
+    waiter.cancel()  # its future is cancelled now; the task has not run its handler yet
+    locks.release("s")  # skips the cancelled future and frees the key
+    assert not locks.held("s")
+    results = await asyncio.gather(waiter, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    await locks.acquire("s")  # still usable
+    locks.release("s")
+    assert not locks.held("s")
