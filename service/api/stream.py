@@ -172,7 +172,7 @@ class _Stream:
                     return False
                 continue
             group = [body]
-            plain = _plain_steps(body)
+            plain = _groupable(body)
             if plain is not None:
                 kind, total = plain
                 while at + len(group) < len(frames):
@@ -180,7 +180,7 @@ class _Stream:
                         nxt = self._parse(frames[at + len(group)])
                     except ServeError:
                         break
-                    more = _plain_steps(nxt)
+                    more = _groupable(nxt)
                     if more is None or more[0] != kind or total + more[1] > limit:
                         break
                     group.append(nxt)
@@ -242,7 +242,7 @@ class _Stream:
         return True
 
 
-def _plain_steps(body: dict[str, Any]) -> tuple[str, int] | None:
+def _groupable(body: dict[str, Any]) -> tuple[str, int] | None:
     """``(kind, steps)`` for a frame that may share a step with its neighbours, else None."""
     if len(body) != 1:
         return None
