@@ -37,6 +37,8 @@ def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
         log_config=None,
         access_log=False,
         http=CoalescingHttpToolsProtocol,
+        # nothing reads the client address, so X-Forwarded-* need not be parsed per request
+        proxy_headers=False,
         timeout_graceful_shutdown=graceful_timeout,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,

@@ -63,24 +63,21 @@ class SessionRecord:
     ) -> SessionRecord:
         """The record after a step: new state, next revision, expiry renewed from ``now``.
 
-        Built directly rather than with ``dataclasses.replace`` (twice as slow), because
-        every session step makes one.
+        Every session step makes one, so it copies the fields' dict and changes five of
+        them instead of running the frozen ``__init__`` (which sets 13 fields one by one
+        through ``object.__setattr__``: 2.3 against 1.0 µs). The record stays immutable to
+        its users; this is the one place that builds it around ``__init__``.
         """
-        return SessionRecord(
-            self.id,
-            self.owner,
-            self.model,
-            self.version,
-            steps,
-            self.created_at,
-            self.ttl_seconds,
-            now + self.ttl_seconds,
-            state,
-            last_output,
-            last,
-            self.revision + 1,
-            self.kind,
-        )
+        new = object.__new__(SessionRecord)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields["steps"] = steps
+        fields["expires_at"] = now + self.ttl_seconds
+        fields["state"] = state
+        fields["last_output"] = last_output
+        fields["last"] = last
+        fields["revision"] = self.revision + 1
+        return new
 
 
 @dataclass(frozen=True)

@@ -543,3 +543,24 @@ async def test_redis_restarted_while_idle_costs_no_failed_request(
         assert await store.count() == 1
     finally:
         await store.close()
+
+
+def test_an_advanced_record_equals_the_same_record_built_by_replace() -> None:
+    from dataclasses import FrozenInstanceError, replace
+
+    import numpy as np
+    import pytest
+
+    from service.session_store import LastApplied, SessionRecord
+
+    rec = SessionRecord("s", "o", "m", 2, 5, 10.0, 60, 70.0, {"h": np.zeros(3)}, kind="sequence")
+    state = {"h": np.ones(3)}
+    last = LastApplied(5, 1, "d", b"{}")
+    got = rec.advanced(6, state, np.ones(2), last, 20.0)
+    want = replace(
+        rec, steps=6, state=state, last_output=got.last_output, last=last, revision=1
+    ).touched(20.0)
+    assert got == want and got.expires_at == 80.0 and got.kind == "sequence"
+    assert rec.steps == 5 and rec.revision == 0  # the original is untouched
+    with pytest.raises(FrozenInstanceError):
+        got.steps = 7  # type: ignore[misc]
