@@ -34,7 +34,8 @@ class CoalescingTransport(asyncio.Transport):
             return
         if len(data) >= DIRECT_WRITE_BYTES:  # big: no point holding it, nor copying it
             self._flush()
-            self._transport.write(data)
+            if not self._transport.is_closing():
+                self._transport.write(data)
             return
         if not self._pending:
             self._loop.call_soon(self._flush)

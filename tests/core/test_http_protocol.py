@@ -72,3 +72,13 @@ async def test_close_flushes_first_abort_drops_and_order_holds_for_big_writes() 
     t2.abort()
     await asyncio.sleep(0)
     assert real2.writes == [] and real2.events == ["abort"]
+
+
+async def test_nothing_is_written_to_a_closing_socket() -> None:
+    real = Recording()
+    t = CoalescingTransport(real, asyncio.get_running_loop())
+    t.write(b"late")
+    real.closing = True  # the peer went away before the end of the iteration
+    t.write(b"y" * DIRECT_WRITE_BYTES)
+    await asyncio.sleep(0)
+    assert real.writes == []
