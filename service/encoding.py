@@ -184,6 +184,12 @@ def denormalise(spec: RegressionOutput, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def in_data_units(spec: RegressionOutput, y: np.ndarray, wire: np.ndarray | None) -> np.ndarray:
+    """Regression outputs in the data's units: ``wire`` (``SeqResult.wire``, denormalised
+    once per onnxruntime run) when there is one, else ``y`` denormalised here."""
+    return wire if wire is not None else denormalise(spec, y)
+
+
 def decode_steps(
     manifest: Manifest, y: np.ndarray, top_k: int, wire: np.ndarray | None = None
 ) -> list[Any]:
@@ -193,7 +199,7 @@ def decode_steps(
     """
     spec = manifest.output
     if isinstance(spec, RegressionOutput):
-        out: list[Any] = (wire if wire is not None else denormalise(spec, y)).tolist()
+        out: list[Any] = in_data_units(spec, y, wire).tolist()
         return out
     text_spec = manifest.input
     assert isinstance(text_spec, TextInput)

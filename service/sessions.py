@@ -374,7 +374,13 @@ class SessionManager:
                 rec = await self.get(owner, session_id, kind)
                 model = self.model_of(rec)
                 x = self.parse_step(model, body)
-                digest = inputs_digest(x)
+                n = int(x.shape[0])
+                # the fingerprint kept for replays: of the whole request, or of the last of
+                # the joined ones (joined requests carry no offset, so it is never compared)
+                kept = n
+                if offset is None and last_steps is not None and last_steps < n:
+                    kept = last_steps
+                digest = inputs_digest(x if kept == n else x[-kept:])
                 last = rec.last
                 if offset is not None:
                     if (
@@ -392,7 +398,7 @@ class SessionManager:
                             steps=rec.steps,
                         )
                 (res,) = await self.runner.run(model, [x], [rec.state], key=rec.id)
-                steps = rec.steps + int(x.shape[0])
+                steps = rec.steps + n
                 body_out: dict[str, Any] = {
                     "id": rec.id,
                     "steps": steps,
@@ -401,19 +407,11 @@ class SessionManager:
                     ),
                 }
                 raw = orjson.dumps(body_out)
-                applied = LastApplied(rec.steps, int(x.shape[0]), digest, raw)
-                if last_steps is not None and last_steps < x.shape[0]:
-                    tail = {
-                        "id": rec.id,
-                        "steps": steps,
-                        "outputs": body_out["outputs"][-last_steps:],
-                    }
-                    applied = LastApplied(
-                        steps - last_steps,
-                        last_steps,
-                        inputs_digest(x[-last_steps:]),
-                        orjson.dumps(tail),
-                    )
+                if kept == n:
+                    applied = LastApplied(rec.steps, n, digest, raw)
+                else:
+                    tail = {"id": rec.id, "steps": steps, "outputs": body_out["outputs"][-kept:]}
+                    applied = LastApplied(steps - kept, kept, digest, orjson.dumps(tail))
                 new = rec.advanced(steps, res.state, res.outputs[-1], applied, self.clock())
                 if await self.store.save(new, rec.revision):
                     return StepResult(body_out, raw)

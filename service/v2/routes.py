@@ -205,7 +205,7 @@ async def infer(
     results = await _run(core, owner, model, params, inputs)
     m = model.manifest
     values = {
-        tensors.OUTPUT: tensors.model_outputs(m, [r.outputs for r in results]),
+        tensors.OUTPUT: tensors.model_outputs(m, results),
         **tensors.state_outputs(m, [r.state for r in results]),
     }
     chosen = _select_outputs(model, req, values)

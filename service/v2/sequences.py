@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -158,14 +158,9 @@ class Sequences:
             if params.end:
                 await self._end(owner, sid)
                 return res
-            new = replace(
-                rec,
-                steps=steps + int(x.shape[0]),
-                state=res.state,
-                last_output=res.outputs[-1],
-                last=None,
-                revision=rec.revision + 1,
-            ).touched(self.sessions.clock())
+            new = rec.advanced(
+                steps + int(x.shape[0]), res.state, res.outputs[-1], None, self.sessions.clock()
+            )
             try:
                 saved = await self.sessions.store.save(new, rec.revision)
             except (SessionNotFound, SessionGone) as exc:

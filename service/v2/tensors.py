@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from service.encoding import denormalise, encode_text, softmax
+from service.encoding import encode_text, in_data_units, softmax
 from service.errors import InvalidInput
 from service.manifest import FeaturesInput, Manifest, RegressionOutput, TextInput
 from service.registry import LoadedModel, State
+from service.runner import SeqResult
 from service.v2.codec import InputTensor
 
 INPUT = "INPUT"
@@ -228,11 +229,13 @@ def model_inputs(
     return ModelInputs(seqs, _states(model, by_name, len(seqs)))
 
 
-def model_outputs(manifest: Manifest, outputs: list[np.ndarray]) -> np.ndarray:
-    """Per-sequence raw outputs ``[time, out]`` → ``OUTPUT`` ``[batch, time, O]``."""
-    y = np.stack(outputs).astype(np.float32, copy=False)
-    if isinstance(manifest.output, RegressionOutput):
-        return denormalise(manifest.output, y)
+def model_outputs(manifest: Manifest, results: list[SeqResult]) -> np.ndarray:
+    """Per-sequence runner results → ``OUTPUT`` ``[batch, time, O]``."""
+    spec = manifest.output
+    if isinstance(spec, RegressionOutput):
+        wire = [in_data_units(spec, r.outputs, r.wire) for r in results]
+        return np.stack(wire).astype(np.float32, copy=False)
+    y = np.stack([r.outputs for r in results]).astype(np.float32, copy=False)
     return softmax(y).astype(np.float32)
 
 
