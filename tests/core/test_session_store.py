@@ -7,11 +7,8 @@ Redis's own. Each Redis case gets a unique key prefix and deletes its keys after
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +21,8 @@ import redis.asyncio as aioredis
 from service.errors import CapacityReached, SessionGone, SessionNotFound, StoreUnavailable
 from service.redis_store import RedisStore
 from service.session_store import LastApplied, MemoryStore, SessionRecord, SessionStore
+from tests.e2e.server import free_port
+from tests.redis_process import RedisProcess
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TTL = 1
@@ -402,63 +401,11 @@ async def test_two_replicas_racing_one_save_exactly_one_wins() -> None:
 # -- outage and recovery (Redis) ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ThrowawayRedis:
-    """A ``redis-server`` of our own on a free port, to kill, freeze and bring back."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise RuntimeError("throwaway redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-
 @pytest.fixture
-def throwaway_redis() -> Iterator[ThrowawayRedis]:
+def throwaway_redis() -> Iterator[RedisProcess]:
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (Debian package redis-server)")
-    server = ThrowawayRedis()
+    server = RedisProcess()
     server.start()
     try:
         yield server
@@ -478,7 +425,7 @@ async def _timed_unavailable(op: Awaitable[object]) -> float:
 
 @pytest.mark.redis
 async def test_nothing_listening_answers_unavailable_quickly() -> None:
-    store = RedisStore.from_url(f"redis://127.0.0.1:{_free_port()}/0")
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
     try:
         assert await _timed_unavailable(store.ping()) < 1.0
         assert await _timed_unavailable(store.load("x")) < 1.0
@@ -489,7 +436,7 @@ async def test_nothing_listening_answers_unavailable_quickly() -> None:
 
 @pytest.mark.redis
 async def test_killed_redis_is_unavailable_and_recovers_without_a_new_store(
-    throwaway_redis: ThrowawayRedis,
+    throwaway_redis: RedisProcess,
 ) -> None:
     store = RedisStore.from_url(throwaway_redis.url)
     try:
@@ -514,7 +461,7 @@ async def test_killed_redis_is_unavailable_and_recovers_without_a_new_store(
 
 
 @pytest.mark.redis
-async def test_hung_redis_times_out_and_recovers(throwaway_redis: ThrowawayRedis) -> None:
+async def test_hung_redis_times_out_and_recovers(throwaway_redis: RedisProcess) -> None:
     store = RedisStore.from_url(throwaway_redis.url, socket_timeout=0.3)
     try:
         rec = make_record(time.time(), ttl=60)
@@ -530,7 +477,7 @@ async def test_hung_redis_times_out_and_recovers(throwaway_redis: ThrowawayRedis
 
 @pytest.mark.redis
 async def test_redis_restarted_while_idle_costs_no_failed_request(
-    throwaway_redis: ThrowawayRedis,
+    throwaway_redis: RedisProcess,
 ) -> None:
     store = RedisStore.from_url(throwaway_redis.url)
     try:

@@ -8,11 +8,6 @@ nginx with the deployed configuration (rewritten only where it must be, see
 from __future__ import annotations
 
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -99,73 +94,3 @@ def sequence(n: int, size: int, seed: int) -> list[list[float]]:
     base = np.array([3.0, 16.0, 8.0, 3.3])[:size] if size == 4 else np.zeros(size)
     x = base + rng.standard_normal((n, size)) * 2.0
     return [[float(np.float32(v)) for v in row] for row in x]
-
-
-class AofRedis:
-    """A ``redis-server`` of our own with an fsync-always append-only file in ``workdir``.
-
-    It keeps every acknowledged write across ``kill()`` (SIGKILL) and ``start()``, which
-    reopens the same port and directory.
-    """
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not installed (Debian package redis-server)")
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 15.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = (self.workdir / "redis.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.workdir),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                client = redis.Redis(port=self.port, socket_timeout=0.5)
-                try:
-                    if client.ping():  # answers only once the AOF is loaded
-                        return
-                finally:
-                    client.close()
-            except redis.RedisError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError("redis-server with AOF did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
-
-    def listening(self) -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0

@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 
 from service.client import Client, RetryPolicy, Session
-from tests.e2e.cluster import AofRedis, Cluster, running_cluster, sequence
+from tests.e2e.cluster import Cluster, running_cluster, sequence
+from tests.redis_process import RedisProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -300,7 +301,7 @@ def test_redis_sigkill_and_restart_under_load_loses_and_duplicates_nothing(
 ) -> None:
     started = time.monotonic()
     faults: list[str] = []
-    store = AofRedis(tmp_path / "redis")
+    store = RedisProcess(tmp_path / "redis")
     store.start()
     try:
         with (

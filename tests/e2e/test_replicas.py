@@ -20,9 +20,9 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.core.test_session_store import ThrowawayRedis
 from tests.e2e.cluster import Cluster, running_cluster, sequence
 from tests.e2e.server import Server, start_server
+from tests.redis_process import RedisProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -236,7 +236,7 @@ async def test_concurrent_steps_without_offsets_serialise(
 
 def test_redis_outage_answers_503_and_recovers_without_restart(tmp_path: Path) -> None:
     """Redis dies under a replica: 503 with Retry-After, not ready but alive; then it recovers."""
-    redis_server = ThrowawayRedis()
+    redis_server = RedisProcess()
     redis_server.start()
     server = start_server(
         {"LSTM_SERVE_SESSION_STORE": redis_server.url, "LSTM_SERVE_REQUEST_LOG": "false"},
