@@ -30,7 +30,11 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
-    config = uvicorn.Config(
+    GracefulServer(server_config(app, host, port, graceful_timeout), app).run()
+
+
+def server_config(app: FastAPI, host: str, port: int, graceful_timeout: int) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -43,4 +47,3 @@ def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
     )
-    GracefulServer(config, app).run()

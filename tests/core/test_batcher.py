@@ -266,6 +266,20 @@ async def test_lone_call_does_not_wait_for_company(registry: ModelRegistry) -> N
     assert elapsed < 1.0, f"three lone calls took {elapsed:.3f}s with a 5 s batch wait"
 
 
+async def test_calls_made_in_one_loop_iteration_share_one_run(
+    registry: ModelRegistry, tagged: Recorder
+) -> None:
+    model = registry.get("tiny_lstm")
+    runner = Runner(workers=1, max_batch_size=64, max_wait_us=0)
+    try:
+        # nothing in flight: the first call does not go alone, the iteration's calls join it
+        calls = [runner.run(model, [tag(float(i))]) for i in range(5)]
+        await asyncio.gather(*calls)
+    finally:
+        await runner.close()
+    assert [len(x) for x in tagged.batches] == [5]
+
+
 async def test_gathers_while_a_run_is_in_flight_for_at_most_the_wait(
     registry: ModelRegistry, tagged: Recorder
 ) -> None:

@@ -82,3 +82,15 @@ async def test_nothing_is_written_to_a_closing_socket() -> None:
     t.write(b"y" * DIRECT_WRITE_BYTES)
     await asyncio.sleep(0)
     assert real.writes == []
+
+
+def test_the_server_runs_the_one_write_protocol() -> None:
+    from fastapi import FastAPI
+
+    from service.http_protocol import CoalescingHttpToolsProtocol
+    from service.server import server_config
+
+    config = server_config(FastAPI(), "127.0.0.1", 8000, 5)
+    config.load()
+    assert config.http_protocol_class is CoalescingHttpToolsProtocol
+    assert config.proxy_headers is False
