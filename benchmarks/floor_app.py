@@ -56,9 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     http: Any = "auto"
     if args.one_write:
-        from service.http_protocol import CoalescingHttpToolsProtocol
+        from service.http_protocol import ServeHttpProtocol
 
-        http = CoalescingHttpToolsProtocol
+        http = ServeHttpProtocol
     uvicorn.run(
         app, host=args.host, port=args.port, log_level="warning", access_log=False, http=http
     )

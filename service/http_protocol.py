@@ -7,14 +7,29 @@ one event-loop iteration and hands them to the real transport together at the en
 so a step's reply (head and body are sent in the same iteration) leaves in one segment,
 and so do WebSocket replies answered in the same iteration. Nothing waits longer than the
 iteration it was written in.
+
+``ServeHttpProtocol`` adds direct routes: a request the app claims (``direct_handler``, the
+session step) is answered by a coroutine that reads the body through ``DirectExchange``
+and writes its response in one piece, without uvicorn's ASGI request cycle (an event, two
+messages, header checks by regular expression, and the app's ASGI entry). Everything else,
+and a request pipelined behind one still being answered, goes through ASGI as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
 
 DIRECT_WRITE_BYTES = 64 * 1024
 """Writes this large go out at once (after anything held), without being joined."""
@@ -102,3 +117,170 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it
         super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport), self.loop))
+
+
+class DirectExchange:
+    """One request answered by a direct route: its body in, one response out.
+
+    It stands where uvicorn keeps a ``RequestResponseCycle`` (``protocol.cycle``) and has
+    the attributes the protocol's parser callbacks and shutdown use: ``body``,
+    ``more_body``, ``message_event``, ``response_complete``, ``disconnected``, ``keep_alive``.
+    ``receive`` gives ASGI ``http.request`` / ``http.disconnect`` messages like uvicorn's.
+    """
+
+    __slots__ = (
+        "_continue",
+        "_protocol",
+        "_signalled",
+        "_waiter",
+        "body",
+        "disconnected",
+        "keep_alive",
+        "message_event",
+        "more_body",
+        "response_complete",
+    )
+
+    def __init__(self, protocol: ServeHttpProtocol, keep_alive: bool, expect_continue: bool):
+        self.body = bytearray()
+        self.more_body = True
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.message_event = self  # the protocol calls message_event.set()
+        self._protocol = protocol
+        self._signalled = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._continue = expect_continue
+
+    def set(self) -> None:
+        """Body arrived, the request ended, or the connection was lost."""
+        self._signalled = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> dict[str, Any]:
+        transport = self._protocol.transport
+        if self._continue and not transport.is_closing():
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._continue = False
+        if not self.disconnected and not self.response_complete:
+            self._protocol.flow.resume_reading()
+            if not self._signalled:
+                self._waiter = self._protocol.loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            self._signalled = False
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body, self.body = bytes(self.body), bytearray()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        """Write the whole response (uvicorn's default headers first) in one write.
+
+        ``headers`` must carry ``content-length``; nothing is written once the client has
+        gone, as in uvicorn.
+        """
+        protocol = self._protocol
+        flow: FlowControl = protocol.flow
+        if flow.write_paused and not self.disconnected:
+            await flow.drain()
+        if self.disconnected or self.response_complete:
+            return
+        parts = [STATUS_LINE[status]]
+        for name, value in protocol.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        transport = protocol.transport
+        transport.write(b"".join(parts))
+        self.response_complete = True
+        self.set()
+        if not self.keep_alive:
+            transport.close()
+        protocol.on_response_complete()
+
+
+_INTERNAL_ERROR = b"Internal Server Error"
+_INTERNAL_ERROR_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", b"21"),
+]
+
+DirectHandler = Callable[[dict[str, Any], DirectExchange], Awaitable[None]]
+"""Answers one request from its ASGI-style scope; must call ``exchange.respond`` once."""
+
+
+class ServeHttpProtocol(CoalescingHttpToolsProtocol):
+    """The coalescing protocol with direct routes for an app that offers them.
+
+    The app offers them with ``direct_handler(scope) -> DirectHandler | None``, asked for
+    HTTP/1.1 POST requests once the path is known. Only an app uvicorn did not wrap (no
+    proxy-header or trace-logging middleware) is asked, so nothing is skipped.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._direct: Callable[[dict[str, Any]], DirectHandler | None] | None = getattr(
+            self.app, "direct_handler", None
+        )
+
+    def on_headers_complete(self) -> None:
+        handler = self._direct_route()
+        if handler is None:
+            super().on_headers_complete()
+            return
+        scope = cast(dict[str, Any], self.scope)
+        exchange = DirectExchange(self, self.parser.should_keep_alive(), self.expect_100_continue)
+        self.cycle = cast(Any, exchange)
+        task = self.loop.create_task(self._run_direct(handler, scope, exchange))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _direct_route(self) -> DirectHandler | None:
+        direct = self._direct
+        parser = self.parser
+        if (
+            direct is None
+            or self.root_path
+            or self.limit_concurrency is not None
+            or parser.get_method() != b"POST"
+            or parser.get_http_version() != "1.1"
+            or parser.should_upgrade()
+            or not (self.cycle is None or self.cycle.response_complete)  # pipelined: ASGI
+        ):
+            return None
+        parsed = httptools.parse_url(self.url)
+        raw_path: bytes = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope = cast(dict[str, Any], self.scope)
+        scope["method"] = "POST"
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = parsed.query or b""
+        return direct(scope)
+
+    async def _run_direct(
+        self, handler: DirectHandler, scope: dict[str, Any], exchange: DirectExchange
+    ) -> None:
+        try:
+            await handler(scope, exchange)
+        except asyncio.CancelledError:
+            if not exchange.response_complete:
+                exchange.disconnected = True
+                self.transport.close()
+            raise
+        except Exception:  # the handler answers its own errors: this is a bug
+            log.exception("direct route failed: POST %s", scope["path"])
+            if not exchange.response_complete:
+                exchange.keep_alive = False
+                await exchange.respond(500, _INTERNAL_ERROR_HEADERS, _INTERNAL_ERROR)

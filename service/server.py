@@ -7,7 +7,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from service.http_protocol import CoalescingHttpToolsProtocol
+from service.http_protocol import ServeHttpProtocol
 from service.state import AppState
 
 
@@ -40,7 +40,7 @@ def server_config(app: FastAPI, host: str, port: int, graceful_timeout: int) -> 
         port=port,
         log_config=None,
         access_log=False,
-        http=CoalescingHttpToolsProtocol,
+        http=ServeHttpProtocol,
         # nothing reads the client address, so X-Forwarded-* need not be parsed per request
         proxy_headers=False,
         timeout_graceful_shutdown=graceful_timeout,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 from fastapi import FastAPI
@@ -31,6 +32,7 @@ from service.api.problems import (
     status_of,
 )
 from service.errors import ServeError
+from service.http_protocol import DirectExchange, DirectHandler
 from service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -63,23 +65,33 @@ class FastStep:
     async def __call__(
         self, core: AppState, session_id: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        """The step as an ASGI app (a pipelined request, or a server without direct routes)."""
+
+        async def reply(status: int, headers: list[tuple[bytes, bytes]], payload: bytes) -> None:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+
+        await self.serve(core, session_id, scope, receive, reply)
+
+    async def serve(
+        self,
+        core: AppState,
+        session_id: str,
+        scope: Scope,
+        receive: Receive,
+        reply: Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[None]],
+    ) -> None:
         request_id = self.context.request_id(scope)
         started = time.perf_counter()
         status = 500
         try:
             status, headers, payload = await self._answer(core, session_id, scope, receive)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        *headers,
-                        (b"content-length", str(len(payload)).encode()),
-                        (b"x-request-id", request_id.encode("latin-1")),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
+            headers = [
+                *headers,
+                (b"content-length", str(len(payload)).encode()),
+                (b"x-request-id", request_id.encode("latin-1")),
+            ]
+            await reply(status, headers, payload)
         finally:
             self.context.done(scope, ROUTE, status, started, request_id)
 
@@ -113,9 +125,30 @@ class FastStep:
 
 
 class ServeApp(FastAPI):
-    """FastAPI with the session step answered by ``FastStep`` before Starlette's stack."""
+    """FastAPI with the session step answered by ``FastStep`` before Starlette's stack.
+
+    Under ``ServeHttpProtocol`` the step does not even enter ASGI: the protocol asks
+    ``direct_handler`` and gives the request to ``FastStep.serve`` itself.
+    """
 
     fast_step: FastStep | None = None
+
+    def direct_handler(self, scope: Scope) -> DirectHandler | None:
+        fast = self.fast_step
+        if fast is None:
+            return None
+        session_id = step_session_id(scope)
+        if session_id is None:
+            return None
+        core: AppState | None = getattr(self.state, "core", None)
+        if core is None:
+            return None
+        scope["app"] = self
+
+        async def handle(scope: Scope, exchange: DirectExchange) -> None:
+            await fast.serve(core, session_id, scope, exchange.receive, exchange.respond)
+
+        return handle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast_step

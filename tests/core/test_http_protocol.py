@@ -87,10 +87,141 @@ async def test_nothing_is_written_to_a_closing_socket() -> None:
 def test_the_server_runs_the_one_write_protocol() -> None:
     from fastapi import FastAPI
 
-    from service.http_protocol import CoalescingHttpToolsProtocol
+    from service.http_protocol import ServeHttpProtocol
     from service.server import server_config
 
     config = server_config(FastAPI(), "127.0.0.1", 8000, 5)
     config.load()
-    assert config.http_protocol_class is CoalescingHttpToolsProtocol
+    assert config.http_protocol_class is ServeHttpProtocol
     assert config.proxy_headers is False
+
+
+class DirectApp:
+    """An ASGI app that claims ``POST /direct/...`` as a direct route."""
+
+    def __init__(self) -> None:
+        self.asgi_paths: list[str] = []
+        self.direct_paths: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.asgi_paths.append(scope["path"])
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def direct_handler(self, scope: dict[str, Any]) -> Any:
+        if not scope["path"].startswith("/direct/"):
+            return None
+
+        async def handle(scope: dict[str, Any], exchange: Any) -> None:
+            self.direct_paths.append(scope["path"])
+            if scope["path"] == "/direct/boom":
+                raise RuntimeError("a bug")
+            body = b"direct:"
+            while True:
+                message = await exchange.receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message["body"]
+                if not message["more_body"]:
+                    break
+            await exchange.respond(201, [(b"content-length", str(len(body)).encode())], body)
+
+        return handle
+
+
+class Socketish(Recording):
+    def pause_reading(self) -> None:
+        self.events.append("pause")
+
+    def resume_reading(self) -> None:
+        self.events.append("resume")
+
+
+def _protocol(app: DirectApp) -> tuple[Any, Socketish]:
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from service.http_protocol import ServeHttpProtocol
+
+    config = uvicorn.Config(app, proxy_headers=False, log_config=None)
+    config.load()
+    state = ServerState()
+    state.default_headers = [(b"server", b"test")]
+    protocol = ServeHttpProtocol(config, state, {}, asyncio.get_running_loop())
+    sock = Socketish()
+    protocol.connection_made(sock)
+    return protocol, sock
+
+
+def _post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    head = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n" % (path.encode(), len(body))
+    return head + extra + b"\r\n" + body
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_direct_routes_skip_asgi_and_the_rest_goes_through_it() -> None:
+    app = DirectApp()
+    protocol, sock = _protocol(app)
+    protocol.data_received(_post("/direct/a", b"one"))
+    await _settle()
+    assert sock.writes == [
+        b"HTTP/1.1 201 Created\r\nserver: test\r\ncontent-length: 10\r\n\r\ndirect:one"
+    ]
+    assert app.direct_paths == ["/direct/a"] and app.asgi_paths == []
+
+    protocol.data_received(_post("/other", b"two"))
+    await _settle()
+    assert app.asgi_paths == ["/other"] and sock.writes[-1].endswith(b"\r\n\r\ntwo")
+
+    # pipelined behind a direct request: answered in order, the second through ASGI
+    protocol.data_received(_post("/direct/b", b"3") + _post("/direct/c", b"4"))
+    await _settle()
+    assert app.direct_paths == ["/direct/a", "/direct/b"]
+    assert app.asgi_paths == ["/other", "/direct/c"]
+    assert sock.writes[-2].endswith(b"direct:3") and sock.writes[-1].endswith(b"\r\n\r\n4")
+    assert protocol.server_state.total_requests == 4 and not sock.closing
+
+
+async def test_a_direct_route_waits_for_its_body_and_honours_connection_close() -> None:
+    app = DirectApp()
+    protocol, sock = _protocol(app)
+    whole = _post("/direct/slow", b"late body", b"Connection: close\r\n")
+    protocol.data_received(whole[:-4])
+    await _settle()
+    assert sock.writes == []  # waiting for the rest of the body
+    protocol.data_received(whole[-4:])
+    await _settle()
+    assert sock.writes[0].endswith(b"connection: close\r\n\r\ndirect:late body")
+    assert sock.events[-1] == "close"
+
+
+async def test_a_failing_direct_route_answers_500_and_closes() -> None:
+    app = DirectApp()
+    protocol, sock = _protocol(app)
+    protocol.data_received(_post("/direct/boom", b"x"))
+    await _settle()
+    assert sock.writes[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"connection: close\r\n" in sock.writes[0] and sock.closing
+
+
+async def test_nothing_is_written_for_a_client_gone_mid_body() -> None:
+    app = DirectApp()
+    protocol, sock = _protocol(app)
+    protocol.data_received(_post("/direct/gone", b"never finished")[:-3])
+    await _settle()
+    protocol.connection_lost(None)
+    await _settle()
+    assert sock.writes == [] and protocol.tasks == set()
