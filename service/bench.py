@@ -1,8 +1,10 @@
 """``lstm-serve bench``: the served step against the HTTP floor and a PyTorch baseline.
 
-It starts each server as its own uvicorn process on a free port, one at a time, and
-drives it with wrk (HTTP) or ``benchmarks/ws_load.py`` (WebSocket) over many sessions
-round-robin, at concurrency 1 and 64:
+It starts each server as its own uvicorn process on a free port, all at once, and drives
+them with wrk (HTTP) or ``benchmarks/ws_load.py`` (WebSocket) over many sessions
+round-robin, at concurrency 1 and 64. The session step of every server is driven in
+turn, in ``--rounds`` rounds, so that each ratio compares numbers taken minutes apart no
+more than a round apart (this machine's speed drifts):
 
 - ``service``: ``lstm-serve serve`` on the bundled model (or a tiny random one if the
   bundled store lacks it): session step, predict, WebSocket steps in lock-step (one frame
@@ -115,6 +117,28 @@ def _parse_bench(output: str) -> dict[str, float]:
         raise RuntimeError(f"no BENCH line in load generator output:\n{output[-2000:]}")
     doc: dict[str, float] = json.loads(match.group(1))
     return doc
+
+
+def _rate(doc: dict[str, float]) -> float:
+    return doc["requests"] / (doc["duration_us"] / 1e6) if doc["duration_us"] else 0.0
+
+
+def _combine(docs: list[dict[str, float]]) -> dict[str, float]:
+    """Rounds of one case as one: requests and time summed, the median round's latencies."""
+    if len(docs) == 1:
+        return docs[0]
+
+    def median(key: str) -> float:
+        values = sorted(d[key] for d in docs)
+        return values[len(values) // 2]
+
+    total = {key: sum(d[key] for d in docs) for key in ("requests", "duration_us", "errors")}
+    return {
+        **total,
+        "non2xx": sum(d["non2xx"] for d in docs),
+        "p50_us": median("p50_us"),
+        "p99_us": median("p99_us"),
+    }
 
 
 def _result(server: str, case: str, conc: int, doc: dict[str, float]) -> Result:
@@ -328,6 +352,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, default=1000, help="sessions round-robin")
     parser.add_argument("--idle-sessions", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="the HTTP step cases of all servers are driven in turn, this many times",
+    )
     parser.add_argument("--only", nargs="+", default=None, help="servers: service floor torch")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--_idle-memory", dest="idle_child", nargs=3, help=argparse.SUPPRESS)
@@ -389,22 +419,70 @@ def main(argv: list[str]) -> int:
         "LSTM_SERVE_REQUEST_LOG": "false",
         "LSTM_SERVE_MAX_SESSIONS": str(max(100_000, args.sessions * 2)),
     }
-    if "service" in only:
-        port = _free_port()
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-        cmd += ["--log-level", "warning"]
-        with _server(cmd, port, env, tmp / "service.log"):
-            ids = _create_sessions(port, model_name, args.sessions, tmp / "service_ids.txt")
+    # Every server runs at once, and the step cases are driven in turn, round after round:
+    # this machine's speed drifts by tens of percent over minutes, and a ratio of numbers
+    # taken minutes apart measured the drift as much as the servers.
+    steppers: list[tuple[str, str, int, Path]] = []  # server, case, port, session ids
+    with contextlib.ExitStack() as running:
+        service_port = 0
+        if "service" in only:
+            service_port = _free_port()
+            cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(service_port)]
+            cmd += ["--log-level", "warning"]
+            running.enter_context(_server(cmd, service_port, env, tmp / "service.log"))
+            ids = _create_sessions(service_port, model_name, args.sessions, tmp / "ids.txt")
+            steppers.append(("service", "session step", service_port, ids))
+        others: list[tuple[str, str, list[str]]] = []
+        if "floor" in only:
+            # the floor on stock uvicorn, and on the HTTP protocol lstm-serve runs (one
+            # write per response): the second is the floor of the service's own stack
+            floor = [sys.executable, str(BENCH_DIR / "floor_app.py")]
+            others.append(("floor", "step (no model)", floor))
+            others.append(("floor1w", "step, one write", [*floor, "--one-write"]))
+        if "torch" in only:
+            if have_torch:
+                torch_cmd = [sys.executable, str(BENCH_DIR / "torch_baseline.py")]
+                others.append(
+                    ("torch", "session step", [*torch_cmd, "--manifest", str(manifest_path)])
+                )
+            else:
+                print("torch is not installed (pip install -e '.[train]'): baseline skipped")
+        fake_ids = _fake_ids(args.sessions, tmp / "fake_ids.txt")
+        for server, case, base in others if have_wrk else []:
+            port = _free_port()
+            cmd = [*base, "--port", str(port)]
+            running.enter_context(_server(cmd, port, None, tmp / f"{server}.log"))
+            steppers.append((server, case, port, fake_ids))
+
+        if have_wrk:
+            for _, _, port, ids in steppers:
+                wrk(port, 16, 1, "step.lua", [str(ids), str(step_body)])  # warm-up
+            rounds = max(1, min(args.rounds, round(seconds)))
+            for c in args.concurrency:
+                docs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in steppers}
+                for _ in range(rounds):
+                    for name, _, port, ids in steppers:
+                        step_args = [str(ids), str(step_body)]
+                        docs[name].append(wrk(port, c, seconds / rounds, "step.lua", step_args))
+                for name, case, _, _ in steppers:
+                    record(_result(name, case, c, _combine(docs[name])))
+                if rounds > 1 and "service" in docs and "floor" in docs:
+                    per_round = [
+                        _rate(a) / _rate(b)
+                        for a, b in zip(docs["service"], docs["floor"], strict=True)
+                    ]
+                    shown = " ".join(f"{x:.2f}" for x in per_round)
+                    print(f"         step / floor at c{c}, round by round: {shown}")
+                    extra[f"step_over_floor_c{c}_rounds"] = per_round
+
+        if service_port:
+            port = service_port
             if have_wrk:
-                step_args = [str(ids), str(step_body)]
-                wrk(port, 16, 1, "step.lua", step_args)  # warm-up
-                for c in args.concurrency:
-                    doc = wrk(port, c, seconds, "step.lua", step_args)
-                    record(_result("service", "session step", c, doc))
                 predict = f"/v1/models/{model_name}/predict"
                 for c in args.concurrency:
                     doc = wrk(port, c, seconds, "post.lua", [str(predict_body)], predict)
                     record(_result("service", "predict (24 steps)", c, doc))
+            ids = tmp / "ids.txt"
             if _route_exists(port):
                 for c in args.concurrency:
                     doc = ws_load(port, c, seconds, ids, step_body)
@@ -417,32 +495,6 @@ def main(argv: list[str]) -> int:
             else:
                 print("service: no WebSocket stream route; ws case skipped")
             extra["service_batching"] = _batching(port)
-    # the floor on stock uvicorn, and on the HTTP protocol lstm-serve runs (one write per
-    # response, service.http_protocol): the second is the floor of the service's own stack
-    floors = [("floor", "step (no model)", []), ("floor1w", "step, one write", ["--one-write"])]
-    for server, case, flags in floors if "floor" in only and have_wrk else []:
-        port = _free_port()
-        cmd = [sys.executable, str(BENCH_DIR / "floor_app.py"), "--port", str(port), *flags]
-        with _server(cmd, port, None, tmp / f"{server}.log"):
-            ids = _fake_ids(args.sessions, tmp / "floor_ids.txt")
-            step_args = [str(ids), str(step_body)]
-            wrk(port, 16, 1, "step.lua", step_args)
-            for c in args.concurrency:
-                record(_result(server, case, c, wrk(port, c, seconds, "step.lua", step_args)))
-    if "torch" in only and have_wrk:
-        if not have_torch:
-            print("torch is not installed (pip install -e '.[train]'): baseline skipped")
-        else:
-            port = _free_port()
-            cmd = [sys.executable, str(BENCH_DIR / "torch_baseline.py"), "--port", str(port)]
-            cmd += ["--manifest", str(manifest_path)]
-            with _server(cmd, port, None, tmp / "torch.log"):
-                ids = _fake_ids(args.sessions, tmp / "torch_ids.txt")
-                step_args = [str(ids), str(step_body)]
-                wrk(port, 16, 1, "step.lua", step_args)
-                for c in args.concurrency:
-                    doc = wrk(port, c, seconds, "step.lua", step_args)
-                    record(_result("torch", "session step", c, doc))
 
     print()
     cost = ort_step_cost(store, model_name, 20_000 if not args.quick else 4000)
