@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import uvicorn
@@ -9,6 +10,11 @@ from fastapi import FastAPI
 
 from service.http_protocol import ServeHttpProtocol
 from service.state import AppState
+
+GC_THRESHOLDS = (20_000, 20, 50)
+"""Python's cyclic collector runs after 20,000 net allocations instead of 700 (and its
+older generations less often). Under load a step allocates a few dozen objects, and the
+default made collections frequent enough to put the p99 latency of a step at 60-75 ms."""
 
 
 class GracefulServer(uvicorn.Server):
@@ -21,6 +27,13 @@ class GracefulServer(uvicorn.Server):
         super().__init__(config)
         self.app = app
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What startup built (the app, models, libraries) lives as long as the process:
+        # frozen, the collector stops walking it on every full collection.
+        gc.collect()
+        gc.freeze()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         core: AppState | None = getattr(self.app.state, "core", None)
         if core is not None:
@@ -30,6 +43,7 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
     GracefulServer(server_config(app, host, port, graceful_timeout), app).run()
 
 
