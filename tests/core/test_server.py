@@ -1,14 +1,13 @@
-"""Process-level settings of ``lstm-serve serve``: the garbage collector."""
+"""``lstm-serve serve`` freezes its start-up heap for the garbage collector."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 
-import pytest
 from fastapi import FastAPI
 
-from service.server import GC_THRESHOLDS, GracefulServer, serve, server_config
+from service.server import GracefulServer, server_config
 
 
 async def test_startup_freezes_what_it_built_so_full_collections_skip_it() -> None:
@@ -27,18 +26,3 @@ async def test_startup_freezes_what_it_built_so_full_collections_skip_it() -> No
         server.should_exit = True
         await running
         gc.unfreeze()
-
-
-def test_serve_raises_the_collection_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[int, ...]] = []
-
-    def run(self: GracefulServer) -> None:
-        seen.append(gc.get_threshold())
-
-    before = gc.get_threshold()
-    monkeypatch.setattr(GracefulServer, "run", run)
-    try:
-        serve(FastAPI(), "127.0.0.1", 0, 1)
-    finally:
-        gc.set_threshold(*before)
-    assert seen == [GC_THRESHOLDS] and GC_THRESHOLDS[0] > before[0]
