@@ -142,12 +142,11 @@ def _combine(docs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _result(server: str, case: str, conc: int, doc: dict[str, float]) -> Result:
-    seconds = doc["duration_us"] / 1e6
     return Result(
         server,
         case,
         conc,
-        doc["requests"] / seconds if seconds else 0.0,
+        _rate(doc),
         doc["p50_us"] / 1000,
         doc["p99_us"] / 1000,
         int(doc["errors"] + doc["non2xx"]),
@@ -425,13 +424,14 @@ def main(argv: list[str]) -> int:
     steppers: list[tuple[str, str, int, Path]] = []  # server, case, port, session ids
     with contextlib.ExitStack() as running:
         service_port = 0
+        service_ids = tmp / "ids.txt"
         if "service" in only:
             service_port = _free_port()
             cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(service_port)]
             cmd += ["--log-level", "warning"]
             running.enter_context(_server(cmd, service_port, env, tmp / "service.log"))
-            ids = _create_sessions(service_port, model_name, args.sessions, tmp / "ids.txt")
-            steppers.append(("service", "session step", service_port, ids))
+            _create_sessions(service_port, model_name, args.sessions, service_ids)
+            steppers.append(("service", "session step", service_port, service_ids))
         others: list[tuple[str, str, list[str]]] = []
         if "floor" in only:
             # the floor on stock uvicorn, and on the HTTP protocol lstm-serve runs (one
@@ -482,15 +482,14 @@ def main(argv: list[str]) -> int:
                 for c in args.concurrency:
                     doc = wrk(port, c, seconds, "post.lua", [str(predict_body)], predict)
                     record(_result("service", "predict (24 steps)", c, doc))
-            ids = tmp / "ids.txt"
             if _route_exists(port):
                 for c in args.concurrency:
-                    doc = ws_load(port, c, seconds, ids, step_body)
+                    doc = ws_load(port, c, seconds, service_ids, step_body)
                     record(_result("service", "ws session step", c, doc))
                 # streaming: each socket keeps WS_DEPTH frames in flight, as a sensor feed
                 # or a replayed series does; waiting frames share a step (see stream.py)
                 c = max(args.concurrency)
-                doc = ws_load(port, c, seconds, ids, step_body, WS_DEPTH)
+                doc = ws_load(port, c, seconds, service_ids, step_body, WS_DEPTH)
                 record(_result("service", f"ws stream ({WS_DEPTH} in flight)", c, doc))
             else:
                 print("service: no WebSocket stream route; ws case skipped")

@@ -133,7 +133,8 @@ class ServeApp(FastAPI):
 
     fast_step: FastStep | None = None
 
-    def direct_handler(self, scope: Scope) -> DirectHandler | None:
+    def _step_route(self, scope: Scope) -> tuple[FastStep, AppState, str] | None:
+        """``FastStep``, the app state and the session id when ``scope`` is the step."""
         fast = self.fast_step
         if fast is None:
             return None
@@ -144,6 +145,13 @@ class ServeApp(FastAPI):
         if core is None:
             return None
         scope["app"] = self
+        return fast, core, session_id
+
+    def direct_handler(self, scope: Scope) -> DirectHandler | None:
+        route = self._step_route(scope)
+        if route is None:
+            return None
+        fast, core, session_id = route
 
         async def handle(scope: Scope, exchange: DirectExchange) -> None:
             await fast.serve(core, session_id, scope, exchange.receive, exchange.respond)
@@ -151,13 +159,9 @@ class ServeApp(FastAPI):
         return handle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        fast = self.fast_step
-        if fast is not None:
-            session_id = step_session_id(scope)
-            if session_id is not None:
-                core: AppState | None = getattr(self.state, "core", None)
-                if core is not None:
-                    scope["app"] = self
-                    await fast(core, session_id, scope, receive, send)
-                    return
+        route = self._step_route(scope)
+        if route is not None:
+            fast, core, session_id = route
+            await fast(core, session_id, scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
