@@ -55,6 +55,7 @@ async def reload_models(core: AppState) -> None:
     """Re-scan the model store; new versions become defaults, sessions keep their pins."""
     before = {m.key for m in core.registry.all()}
     await asyncio.to_thread(core.registry.load)
+    core.runner.prepare(core.registry.all())
     after = {m.key for m in core.registry.all()}
     if before != after:
         log.info(
@@ -101,7 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             max_batch_size=settings.batch_max_size,
             max_wait_us=settings.batch_max_wait_us,
+            process=settings.model_process,
+            ort_threads=settings.ort_threads,
         )
+        await runner.start(registry.all())
         core = AppState(
             settings=settings,
             registry=registry,

@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -190,24 +190,55 @@ class Workers:
             thread.join()
 
 
+Done = Callable[[list[_Outcome] | BaseException], None]
+"""Called on the event loop with each call's outcome (in order), or one error for all."""
+
+
+class Executor(Protocol):
+    """Where batches run: worker threads here, or a child process (``service.model_process``)."""
+
+    def submit(
+        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, calls: list[_Call], done: Done
+    ) -> None:
+        """Run ``calls`` as one batch and call ``done`` on ``loop`` with the outcomes."""
+
+    async def close(self) -> None:
+        """Finish the batches already submitted, then stop."""
+
+
+class ThreadExecutor:
+    """Batches run on ``Workers`` threads, in this process."""
+
+    def __init__(self, count: int, metrics: Metrics | None = None) -> None:
+        self._workers = Workers(count)
+        self._metrics = metrics
+
+    def submit(
+        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, calls: list[_Call], done: Done
+    ) -> None:
+        metrics = self._metrics
+        self._workers.submit(loop, lambda: _run_calls(model, calls, metrics), done)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._workers.shutdown)
+
+
 class ModelBatcher:
     """The queue and dispatch policy for one model version, on one event loop."""
 
     def __init__(
         self,
         model: LoadedModel,
-        workers: Workers,
+        executor: Executor,
         max_size: int,
         max_wait: float,
         max_inflight: int = 1,
-        metrics: Metrics | None = None,
     ) -> None:
         self.model = model
-        self._workers = workers
+        self._executor = executor
         self._max_size = max_size
         self._max_wait = max_wait
         self._max_inflight = max_inflight
-        self._metrics = metrics
         self._pending: deque[_Call] = deque()
         self._pending_seqs = 0
         self._inflight = 0
@@ -321,11 +352,8 @@ class ModelBatcher:
         for key in keys:
             self._inflight_keys[key] += 1
         assert self._loop is not None
-        model, metrics = self.model, self._metrics
-        self._workers.submit(
-            self._loop,
-            lambda: _run_calls(model, batch, metrics),
-            lambda result: self._finish(batch, keys, result),
+        self._executor.submit(
+            self._loop, self.model, batch, lambda result: self._finish(batch, keys, result)
         )
         return True
 
@@ -355,29 +383,22 @@ class Batcher:
 
     def __init__(
         self,
-        workers: Workers,
+        executor: Executor,
         max_size: int = 64,
         max_wait_us: int = 500,
         max_inflight: int = 1,
-        metrics: Metrics | None = None,
     ) -> None:
-        self._workers = workers
+        self._executor = executor
         self._max_size = max_size
         self._max_wait = max_wait_us / 1e6
         self._max_inflight = max_inflight
-        self._metrics = metrics
         self._models: dict[str, ModelBatcher] = {}
 
     def for_model(self, model: LoadedModel) -> ModelBatcher:
         mb = self._models.get(model.key)
         if mb is None or mb.model is not model:
             mb = ModelBatcher(
-                model,
-                self._workers,
-                self._max_size,
-                self._max_wait,
-                self._max_inflight,
-                self._metrics,
+                model, self._executor, self._max_size, self._max_wait, self._max_inflight
             )
             self._models[model.key] = mb
         return mb

@@ -99,16 +99,29 @@ class LoadedModel:
         to call from several threads. Stacking and splitting use C-level array calls
         only: this runs with the GIL held, in competition with the event loop.
         """
-        m = self.manifest
-        graph = m.graph
-        batch = x.shape[0]
+        stacked = {
+            spec.name: np.array([s[spec.name] for s in states], dtype=np.float32)
+            for spec in self.manifest.state
+        }
+        y, finals = self.run_stacked(x, stacked)
+        new_states: list[State] = [{} for _ in range(x.shape[0])]
+        for name, arr in finals.items():
+            for i, row in enumerate(arr):
+                new_states[i][name] = row.copy()
+        return y, new_states
+
+    def run_stacked(
+        self, x: np.ndarray, states: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``run_batch`` with the states stacked: state name → ``[batch, *shape]``, in and
+        out. The final states come back as one array per name, batch axis first."""
+        graph = self.manifest.graph
         names, layout = self._layout
         feeds: dict[str, np.ndarray] = {
             graph.input: np.ascontiguousarray(x.swapaxes(0, 1) if graph.time_major else x)
         }
         for name, input_name, to_graph, _ in layout:
-            stacked = np.array([s[name] for s in states], dtype=np.float32)
-            feeds[input_name] = np.ascontiguousarray(stacked.transpose(to_graph))
+            feeds[input_name] = np.ascontiguousarray(states[name].transpose(to_graph))
         try:
             results = self.session.run(names, feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -116,12 +129,11 @@ class LoadedModel:
         y = np.asarray(results[0], dtype=np.float32)
         if graph.time_major:
             y = y.swapaxes(0, 1)
-        new_states: list[State] = [{} for _ in range(batch)]
-        for (name, _, _, to_batch), arr in zip(layout, results[1:], strict=True):
-            moved = np.asarray(arr, dtype=np.float32).transpose(to_batch)
-            for i in range(batch):
-                new_states[i][name] = moved[i].copy()
-        return y, new_states
+        finals = {
+            name: np.asarray(arr, dtype=np.float32).transpose(to_batch)
+            for (name, _, _, to_batch), arr in zip(layout, results[1:], strict=True)
+        }
+        return y, finals
 
 
 def load_model(stored: StoredVersion, threads: int) -> LoadedModel:

@@ -4,18 +4,19 @@ Every inference — predict, session steps, generation, ``/v2`` infer — calls
 ``Runner.run``. It takes whole sequences (ragged lengths allowed) with their starting
 states and gives back per-step outputs and final states. Concurrent calls for one model
 version are gathered by the sequence batcher (``service.batcher``) into shared
-onnxruntime runs on worker threads, so the event loop never blocks.
+onnxruntime runs, on worker threads or in child processes (``service.model_process``),
+so the event loop never blocks.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
-from service.batcher import Batcher, SeqResult, Workers, run_grouped
+from service.batcher import Batcher, Executor, SeqResult, ThreadExecutor, run_grouped
 from service.metrics import Metrics
+from service.model_process import ProcessExecutor
 from service.registry import LoadedModel, State
 
 __all__ = ["Runner", "SeqResult", "run_sync"]
@@ -36,7 +37,9 @@ class Runner:
 
     ``max_batch_size`` and ``max_wait_us`` are the settings ``batch_max_size`` and
     ``batch_max_wait_us``; ``workers`` is the number of onnxruntime runs that may be in
-    flight at once (per model version and in all).
+    flight at once (per model version and in all). With ``process`` (the setting
+    ``model_process``) each worker is a child process that loads the models itself with
+    ``ort_threads`` threads; without, a thread running the models given to ``run``.
     """
 
     def __init__(
@@ -45,15 +48,34 @@ class Runner:
         workers: int = 1,
         max_batch_size: int = 64,
         max_wait_us: int = 500,
+        process: bool = False,
+        ort_threads: int = 1,
     ) -> None:
-        self._workers = Workers(workers)
+        self._executor: Executor
+        self._processes: ProcessExecutor | None
+        if process:
+            self._processes = ProcessExecutor(workers, ort_threads, metrics)
+            self._executor = self._processes
+        else:
+            self._executor = ThreadExecutor(workers, metrics)
+            self._processes = None
         self._batcher = Batcher(
-            self._workers,
+            self._executor,
             max_size=max_batch_size,
             max_wait_us=max_wait_us,
             max_inflight=workers,
-            metrics=metrics,
         )
+
+    async def start(self, models: Iterable[LoadedModel] = ()) -> None:
+        """Start the worker processes (if any) with ``models`` loaded, before the first run."""
+        if self._processes is not None:
+            self._processes.prepare(models)
+            await self._processes.start()
+
+    def prepare(self, models: Iterable[LoadedModel]) -> None:
+        """The model versions the worker processes keep loaded (after a model store reload)."""
+        if self._processes is not None:
+            self._processes.prepare(models)
 
     async def run(
         self,
@@ -79,4 +101,4 @@ class Runner:
         return await self._batcher.run(model, seqs, states, key)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._workers.shutdown)
+        await self._executor.close()

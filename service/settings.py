@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     ort_threads: int = Field(default=1, ge=0)
     """onnxruntime intra-op threads per model (0 lets onnxruntime choose)."""
 
+    model_process: bool = True
+    """Run onnxruntime in a child process, out of the server's GIL; false runs it on a
+    thread in the server's process."""
+
     top_k_default: int = Field(default=5, ge=1)
     """Tokens returned per position in a language model's next-token distribution."""
 

@@ -1,0 +1,256 @@
+"""onnxruntime in child processes (``service.model_process``): the same answers as in
+process, failures confined to their call, a dead child costing one batch and no state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.batcher import SeqResult
+from service.errors import InferenceError, NotReady
+from service.metrics import Metrics
+from service.model_process import ProcessExecutor, _pack, _unpack
+from service.registry import LoadedModel, ModelRegistry
+from service.runner import Runner, run_sync
+from service.session_store import MemoryStore
+from service.sessions import SessionManager
+from service.settings import Settings
+from tests.core.test_batcher import assert_same, batch_count, random_input, random_state
+
+
+@pytest.fixture
+def registry(tiny_store: Path) -> ModelRegistry:
+    reg = ModelRegistry(tiny_store)
+    reg.load()
+    return reg
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def runner(registry: ModelRegistry, metrics: Metrics) -> AsyncIterator[Runner]:
+    r = Runner(metrics, workers=1, max_batch_size=64, max_wait_us=500, process=True)
+    await r.start(registry.all())
+    yield r
+    await r.close()
+
+
+def processes(runner: Runner) -> ProcessExecutor:
+    executor = runner._processes
+    assert executor is not None
+    return executor
+
+
+def assert_result(got: SeqResult, want: SeqResult) -> None:
+    assert_same(got.outputs, want.outputs)
+    assert got.state.keys() == want.state.keys()
+    for k in want.state:
+        assert_same(got.state[k], want.state[k])
+        assert got.state[k].flags.writeable and got.state[k].base is None, "a row of a batch"
+    if want.wire is None:
+        assert got.wire is None
+    else:
+        assert got.wire is not None
+        assert_same(got.wire, want.wire)
+
+
+async def until(condition: object, seconds: float = 10.0) -> None:
+    assert callable(condition)
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+def test_frames_carry_arrays_of_any_dtype_and_shape() -> None:
+    arrays: list[np.ndarray] = [
+        np.arange(12, dtype=np.float32).reshape(3, 1, 4),
+        np.arange(5, dtype=np.int64),
+        np.zeros((0, 2), dtype=np.float32),
+        np.arange(6, dtype=np.float32).reshape(2, 3).T,  # not contiguous
+    ]
+    message, back = _unpack(bytearray(_pack(("run", "m:1", ["h"], 1), arrays)))
+    assert message == ("run", "m:1", ["h"], 1)
+    for a, b in zip(arrays, back, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+        assert b.flags.writeable
+
+
+@pytest.mark.parametrize("name", ["tiny_lstm", "tiny_gru", "tiny_char"])
+async def test_batches_in_the_child_equal_runs_in_process(
+    registry: ModelRegistry, runner: Runner, metrics: Metrics, name: str
+) -> None:
+    """40 sessions step 3 rounds at once with lengths 1..4 mixed: every result equals the
+    sequence run alone in this process, and the runs were shared."""
+    model = registry.get(name)
+    rng = np.random.default_rng(5)
+    rounds = [[random_input(model, rng, int(rng.integers(1, 5))) for _ in range(40)] for _ in "abc"]
+    starts = [random_state(model, rng) for _ in range(40)]
+
+    async def session(i: int) -> list[SeqResult]:
+        state, got = starts[i], []
+        for r in rounds:
+            (res,) = await runner.run(model, [r[i]], [state], key=f"s{i}")
+            state = res.state
+            got.append(res)
+        return got
+
+    batched = await asyncio.gather(*(session(i) for i in range(40)))
+    for i in range(40):
+        state = starts[i]
+        for r, got in zip(rounds, batched[i], strict=True):
+            (alone,) = run_sync(model, [r[i]], [state])
+            assert_result(got, alone)
+            state = alone.state
+    count, total = batch_count(metrics, model.key)
+    assert total > count, "no run had more than one sequence"
+
+
+async def test_a_predict_of_ragged_sequences_equals_one_by_one(
+    registry: ModelRegistry, runner: Runner
+) -> None:
+    model = registry.get("tiny_lstm")
+    rng = np.random.default_rng(3)
+    seqs = [random_input(model, rng, n) for n in (3, 1, 7, 3, 2, 7, 1)]
+    forward, backward = await asyncio.gather(runner.run(model, seqs), runner.run(model, seqs[::-1]))
+    for seq, a, b in zip(seqs, forward, backward[::-1], strict=True):
+        (alone,) = run_sync(model, [seq])
+        assert_result(a, alone)
+        assert_result(b, alone)
+
+
+async def test_a_call_onnxruntime_refuses_fails_alone(
+    registry: ModelRegistry, runner: Runner
+) -> None:
+    """A token id past the vocabulary fails in onnxruntime, in the child: only its call."""
+    model = registry.get("tiny_char")
+    rng = np.random.default_rng(2)
+    good = [random_input(model, rng, n) for n in (2, 1, 2)]
+    bad = np.array([1, 10_000], dtype=np.int64)
+    outcomes = await asyncio.gather(
+        runner.run(model, [good[0]]),
+        runner.run(model, [bad]),
+        runner.run(model, [good[1], good[2]]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], InferenceError)
+    first, third = outcomes[0], outcomes[2]
+    assert isinstance(first, list) and isinstance(third, list)
+    assert_result(first[0], run_sync(model, [good[0]])[0])
+    for got, seq in zip(third, good[1:], strict=True):
+        assert_result(got, run_sync(model, [seq])[0])
+
+
+async def test_a_call_of_the_wrong_shape_fails_alone(
+    registry: ModelRegistry, runner: Runner
+) -> None:
+    model = registry.get("tiny_lstm")
+    rng = np.random.default_rng(4)
+    good = random_input(model, rng, 2)
+    wrong = np.zeros((2, 5), dtype=np.float32)  # the model takes 3 features
+    outcomes = await asyncio.gather(
+        runner.run(model, [good]), runner.run(model, [wrong]), return_exceptions=True
+    )
+    assert isinstance(outcomes[1], InferenceError | RuntimeError)
+    assert isinstance(outcomes[0], list)
+    assert_result(outcomes[0][0], run_sync(model, [good])[0])
+
+
+async def test_a_quiet_server_runs_lone_calls_in_process(
+    registry: ModelRegistry, runner: Runner
+) -> None:
+    """Lone calls one after another skip the child (a round trip costs more than the GIL
+    then); calls made together go to it."""
+    model = registry.get("tiny_lstm")
+    rng = np.random.default_rng(1)
+    executor = processes(runner)
+    seqs = [random_input(model, rng, 1) for _ in range(6)]
+    await runner.run(model, [seqs[0]])
+    sent = executor.child_batches
+    for seq in seqs[1:]:
+        (got,) = await runner.run(model, [seq])
+        assert_result(got, run_sync(model, [seq])[0])
+    assert executor.child_batches == sent
+    await asyncio.gather(*(runner.run(model, [s]) for s in seqs))
+    assert executor.child_batches == sent + 1
+
+
+async def test_a_killed_child_fails_its_batch_and_no_session_advances(
+    registry: ModelRegistry, tiny_store: Path, runner: Runner
+) -> None:
+    executor = processes(runner)
+    settings = Settings(model_store=tiny_store, max_sessions=100, request_log=False)
+    manager = SessionManager(MemoryStore(), registry, runner, settings)
+    recs = [await manager.create("bob", "tiny_lstm") for _ in range(4)]
+    long = {"inputs": np.full((4000, 3), 0.25).tolist()}
+    (pid,) = executor.pids
+
+    steps = [asyncio.ensure_future(manager.step("bob", r.id, long)) for r in recs]
+    await until(lambda: any(c.job is not None for c in executor._children))
+    os.kill(pid, signal.SIGKILL)
+    outcomes = await asyncio.gather(*steps, return_exceptions=True)
+
+    assert all(isinstance(o, NotReady) for o in outcomes), outcomes
+    for rec in recs:
+        after = await manager.get("bob", rec.id)
+        assert after.steps == 0 and after.revision == rec.revision
+        for k, v in rec.state.items():
+            np.testing.assert_array_equal(after.state[k], v)
+    # the next batch starts a new child, and the steps apply
+    short = {"inputs": [[0.1, 0.2, 0.3]]}
+    again = await asyncio.gather(*(manager.step("bob", r.id, short) for r in recs))
+    assert [a.body["steps"] for a in again] == [1, 1, 1, 1]
+    assert executor.pids and executor.pids != [pid]
+
+
+async def test_a_replaced_version_is_reloaded_in_the_child(
+    registry: ModelRegistry, runner: Runner, tiny_store: Path
+) -> None:
+    """Same name and version, new file (a different sha256): the child runs the new one."""
+    old = registry.get("tiny_lstm")
+    new = registry.get("tiny_gru")
+    # a stand-in for a rebuilt version: tiny_gru's graph under tiny_lstm's key
+    swapped = LoadedModel(
+        manifest=new.manifest.model_copy(update={"name": old.name, "version": old.version}),
+        session=new.session,
+        onnx_path=new.onnx_path,
+    )
+    rng = np.random.default_rng(8)
+    seqs = [random_input(old, rng, 2) for _ in range(3)]
+    before = await asyncio.gather(*(runner.run(old, [s]) for s in seqs))
+    runner.prepare([swapped])
+    after = await asyncio.gather(*(runner.run(swapped, [s]) for s in seqs))
+    for s, b, a in zip(seqs, before, after, strict=True):
+        assert_result(b[0], run_sync(old, [s])[0])
+        assert_result(a[0], run_sync(new, [s])[0])
+
+
+async def test_close_lets_the_running_batch_finish_then_refuses(
+    registry: ModelRegistry,
+) -> None:
+    model = registry.get("tiny_lstm")
+    runner = Runner(workers=1, process=True)
+    await runner.start(registry.all())
+    executor = processes(runner)
+    (pid,) = executor.pids
+    seqs = [np.full((3000, 3), 0.5, dtype=np.float32) for _ in range(3)]
+    running = asyncio.gather(*(runner.run(model, [s]) for s in seqs))
+    await until(lambda: any(c.job is not None for c in executor._children))
+    await runner.close()
+    results = await running
+    assert_result(results[0][0], run_sync(model, [seqs[0]])[0])
+    with pytest.raises(NotReady):
+        await asyncio.gather(runner.run(model, [seqs[0][:1]]), runner.run(model, [seqs[1][:1]]))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
