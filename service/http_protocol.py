@@ -136,7 +136,6 @@ class DirectExchange:
         "body",
         "disconnected",
         "keep_alive",
-        "message_event",
         "more_body",
         "response_complete",
     )
@@ -147,11 +146,17 @@ class DirectExchange:
         self.response_complete = False
         self.disconnected = False
         self.keep_alive = keep_alive
-        self.message_event = self  # the protocol calls message_event.set()
         self._protocol = protocol
         self._signalled = False
         self._waiter: asyncio.Future[None] | None = None
         self._continue = expect_continue
+
+    @property
+    def message_event(self) -> DirectExchange:
+        """The protocol calls ``message_event.set()``. A property, not ``self`` kept in an
+        attribute: that reference cycle made every exchange garbage for the cyclic
+        collector (one per request), and the collections cost ~10% of the loop's time."""
+        return self
 
     def set(self) -> None:
         """Body arrived, the request ended, or the connection was lost."""
