@@ -1,8 +1,9 @@
 """The sequence batcher: concurrent runs of one model version share onnxruntime runs.
 
 Every ``Runner.run`` call becomes one *call* here: its sequences, their starting states
-and a future. Calls for one model version wait in that version's queue and go to a worker
-thread together, as one batch, with the states stacked on the batch axis.
+and a future. Calls for one model version wait in that version's queue and go to an
+``Executor`` together, as one batch, with the states stacked on the batch axis: worker
+threads here (``ThreadExecutor``) or child processes (``service.model_process``).
 
 When to run:
 - nothing in flight for the model: the queue is dispatched at the end of the event-loop

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import pickle
+import signal
 import socket
 import struct
 import sys
@@ -583,5 +584,8 @@ class ProcessExecutor:
 
 
 if __name__ == "__main__":
+    # Ctrl-C at a terminal reaches the whole process group: the server shuts down and
+    # closes the socket, and that is what ends the child (not a KeyboardInterrupt here)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     child_main(int(sys.argv[1]), int(sys.argv[2]))

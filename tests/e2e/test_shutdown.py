@@ -102,3 +102,40 @@ async def test_sigterm_drains_steps_and_closes_streams_with_1001(
             np.testing.assert_allclose(nxt[0], whole, atol=1e-5)
     finally:
         again.stop()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    """``pid`` exited (or is a zombie nobody reaped yet) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_model_process_goes_with_the_server(
+    redis_env: dict[str, str], tmp_path: Path, sig: int
+) -> None:
+    """The onnxruntime child exits with the server, even one killed without a chance to
+    stop it (it sees its socket close)."""
+    server = start_server(redis_env, tmp_path)
+    try:
+        (child,) = _children(server.process.pid)
+        with open(f"/proc/{child}/cmdline") as f:
+            assert "service.model_process" in f.read()
+        server.process.send_signal(sig)
+        server.process.wait(30)
+        assert _gone(child, 10), f"model process {child} outlived the server ({sig!r})"
+    finally:
+        server.stop(signal.SIGKILL)
