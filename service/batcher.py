@@ -30,7 +30,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -243,7 +243,9 @@ class ModelBatcher:
         self._pending: deque[_Call] = deque()
         self._pending_seqs = 0
         self._inflight = 0
-        self._inflight_keys: Counter[Hashable] = Counter()
+        self._inflight_keys: set[Hashable] = set()
+        """Keys with a call in a running batch (at most one each: a key's calls never run
+        concurrently)."""
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_soon = False
@@ -331,7 +333,7 @@ class ModelBatcher:
             key = call.key
             n = len(call.seqs)
             blocked = key is not None and (
-                key in keys or key in skipped or self._inflight_keys[key] > 0
+                key in keys or key in skipped or key in self._inflight_keys
             )
             if blocked or (batch and size + n > self._max_size):
                 kept.append(call)
@@ -350,8 +352,7 @@ class ModelBatcher:
             return False
         self._pending_seqs -= size
         self._inflight += 1
-        for key in keys:
-            self._inflight_keys[key] += 1
+        self._inflight_keys |= keys
         assert self._loop is not None
         self._executor.submit(
             self._loop, self.model, batch, lambda result: self._finish(batch, keys, result)
@@ -362,12 +363,7 @@ class ModelBatcher:
         self, batch: list[_Call], keys: set[Hashable], result: list[_Outcome] | BaseException
     ) -> None:
         self._inflight -= 1
-        for key in keys:
-            left = self._inflight_keys[key] - 1
-            if left:
-                self._inflight_keys[key] = left
-            else:
-                del self._inflight_keys[key]
+        self._inflight_keys -= keys
         outcomes = [result] * len(batch) if isinstance(result, BaseException) else result
         for call, outcome in zip(batch, outcomes, strict=True):
             if call.future.done():

@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,7 +58,7 @@ from service.batcher import Done, SeqResult, ThreadExecutor, _Call, _Outcome
 from service.errors import InferenceError, ModelStoreError, NotReady
 from service.metrics import Metrics
 from service.model_store import StoredVersion
-from service.registry import LoadedModel, load_model
+from service.registry import LoadedModel, State, load_model
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _O
         # the common case, a batch of single steps: one group, one row per call
         owners = [list(zip(range(len(calls)), repeat(0), strict=False))]
         states = [call.states[0] for call in calls]
-        stacked = {n: np.array([s[n] for s in states], dtype=np.float32) for n in names}
+        stacked = {n: np.array(list(map(itemgetter(n), states)), dtype=np.float32) for n in names}
         calls_of_rows = np.arange(len(calls), dtype=np.int32)
         return [(np.array(seqs), stacked, calls_of_rows)], owners
     by_length: dict[int, list[tuple[int, int]]] = {}
@@ -268,7 +269,15 @@ def _split(out: _GroupOut) -> list[SeqResult]:
     y, wire, finals, _ = out
     names = list(finals)
     copies = [list(map(np.ndarray.copy, finals[n])) for n in names]
-    states = [dict(zip(names, row, strict=False)) for row in zip(*copies, strict=False)]
+    states: list[State]
+    if len(names) == 2:  # an LSTM's h and c: a dict display is 3x cheaper than dict(zip())
+        first, second = names
+        states = [{first: a, second: b} for a, b in zip(*copies, strict=True)]
+    elif len(names) == 1:  # a GRU's h
+        (only,) = names
+        states = [{only: a} for a in copies[0]]
+    else:
+        states = [dict(zip(names, row, strict=True)) for row in zip(*copies, strict=True)]
     wires = repeat(None) if wire is None else list(wire)
     # tuple.__new__ builds the named tuples in C (SeqResult(...) is a Python-level call)
     return list(map(tuple.__new__, repeat(SeqResult), zip(y, states, wires, strict=False)))
