@@ -95,6 +95,11 @@ class Metrics:
             buckets=_RUN_BUCKETS,
             registry=r,
         )
+        self.model_process_exits = Counter(
+            "lstm_serve_model_process_exits_total",
+            "onnxruntime child processes that exited while the server ran (each is restarted)",
+            registry=r,
+        )
         # labels() per onnxruntime run shows in profiles: the children are kept per model
         self._run_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 

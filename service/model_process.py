@@ -397,10 +397,15 @@ class _Child(asyncio.Protocol):
         self._pool.lost(self, job)
 
     async def stop(self, grace: float) -> None:
-        """Close the socket (the child exits at its end); kill it after ``grace`` seconds."""
+        """Close the socket and end the child (SIGTERM: a child still importing its
+        libraries would only read the end of its socket once done); SIGKILL after
+        ``grace`` seconds."""
         if self.transport is not None:
             self.transport.close()
         if self.process is not None:
+            if self.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), grace)
             except TimeoutError:
@@ -541,8 +546,12 @@ class ProcessExecutor:
     def lost(self, child: _Child, job: _Job | None) -> None:
         if child in self._children:
             self._children.remove(child)
+        if not self._closed:
+            pid = child.process.pid if child.process is not None else None
+            log.warning("model process %s exited%s", pid, " during a batch" if job else "")
+            if self._metrics is not None:
+                self._metrics.model_process_exits.inc()
         if job is not None and not self._closed:
-            log.warning("model process %s exited during a batch", self.pids)
             job.done(NotReady("the model worker process exited; retry"))
         if not self._closed:
             self._pump()

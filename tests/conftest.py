@@ -22,7 +22,10 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(tiny_store: Path) -> Settings:
-    return Settings(model_store=tiny_store, request_log=False)
+    # In-process apps run onnxruntime on a thread: a child process per app would add ~0.3 s
+    # to each of these tests. The child-process runner has its own tests
+    # (tests/core/test_model_process.py), and every e2e server runs it (the default).
+    return Settings(model_store=tiny_store, request_log=False, model_process=False)
 
 
 @pytest.fixture

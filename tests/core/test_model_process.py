@@ -187,7 +187,7 @@ async def test_a_quiet_server_runs_lone_calls_in_process(
 
 
 async def test_a_killed_child_fails_its_batch_and_no_session_advances(
-    registry: ModelRegistry, tiny_store: Path, runner: Runner
+    registry: ModelRegistry, tiny_store: Path, runner: Runner, metrics: Metrics
 ) -> None:
     executor = processes(runner)
     settings = Settings(model_store=tiny_store, max_sessions=100, request_log=False)
@@ -202,6 +202,8 @@ async def test_a_killed_child_fails_its_batch_and_no_session_advances(
     outcomes = await asyncio.gather(*steps, return_exceptions=True)
 
     assert all(isinstance(o, NotReady) for o in outcomes), outcomes
+    exits = metrics.registry.get_sample_value("lstm_serve_model_process_exits_total")
+    assert exits == 1
     for rec in recs:
         after = await manager.get("bob", rec.id)
         assert after.steps == 0 and after.revision == rec.revision
