@@ -6,8 +6,8 @@ sequences costs ~140 us of CPU alone and 550-600 us beside a busy Python thread,
 loop pays for the hand-offs too. A child process has a GIL of its own.
 
 Each worker is one child (``python -m service.model_process FD THREADS``) on one end of a
-Unix socket pair, private to the two processes. A frame (``_pack``) is a 4-byte
-little-endian length, then a small pickle of the message with its arrays replaced by
+Unix socket pair, private to the two processes. A frame (``_pack``) is two 4-byte
+little-endian lengths, then a small pickle of the message with its arrays replaced by
 their dtype and shape, then the arrays' bytes: pickling the arrays themselves costs 3-4
 times more, on the event loop. A child runs one batch at a time and answers in order, so
 replies carry no ids. Messages, with the arrays they carry:
@@ -25,10 +25,11 @@ replies carry no ids. Messages, with the arrays they carry:
   ``(is_inference, message)``.
 
 The parent stacks and splits; the child normalises, runs and denormalises. A batch of one
-call runs on a thread in the server's process instead (``ThreadExecutor``): with the loop
-that idle, the GIL costs little, and a round trip to the child costs ~300 us of wake-ups
-at concurrency 1. When a child dies, the batch it was running fails with 503
-(``NotReady``, no session advanced) and the next batch starts a new child.
+call that follows another batch of one call (a quiet server) runs on a thread in the
+server's process instead (``ThreadExecutor``): with the loop that idle, the GIL costs
+little, and a round trip to the child costs ~300 us of wake-ups at concurrency 1. When a
+child dies, the batch it was running fails with 503 (``NotReady``, no session advanced)
+and the next batch starts a new child.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ def _unpack(frame: bytes | bytearray) -> tuple[Any, list[np.ndarray]]:
     return message, arrays
 
 
-def _put_outs(outs: Sequence[_GroupOut | None], arrays: list[np.ndarray]) -> list[Any]:
-    """Group outputs as message parts, their arrays appended to ``arrays``."""
+def _put_outs(
+    outs: Sequence[_GroupOut | None], names: Sequence[str], arrays: list[np.ndarray]
+) -> list[Any]:
+    """Group outputs as message parts, their arrays appended to ``arrays`` (final states
+    in ``names`` order)."""
     parts: list[Any] = []
     for out in outs:
         if out is None:
@@ -103,7 +107,7 @@ def _put_outs(outs: Sequence[_GroupOut | None], arrays: list[np.ndarray]) -> lis
         arrays.append(y)
         if wire is not None:
             arrays.append(wire)
-        arrays.extend(finals.values())
+        arrays.extend(finals[name] for name in names)
         parts.append((wire is not None, seconds))
     return parts
 
@@ -165,15 +169,14 @@ def run_groups(model: LoadedModel, groups: Sequence[_Group]) -> tuple[str, Any]:
     return "alone", per_call
 
 
-def _reply(model: LoadedModel, groups: Sequence[_Group]) -> bytes:
-    """``run_groups`` as a frame."""
+def _reply(model: LoadedModel, names: list[str], groups: Sequence[_Group]) -> bytes:
+    """``run_groups`` as a frame (final states in ``names`` order)."""
     kind, body = run_groups(model, groups)
-    names = list(groups[0][1])
     arrays: list[np.ndarray] = []
     if kind == "ok":
-        return _pack(("ok", names, _put_outs(body, arrays)), arrays)
+        return _pack(("ok", names, _put_outs(body, names, arrays)), arrays)
     if kind == "alone":
-        per_call = [e if isinstance(e, tuple) else _put_outs(e, arrays) for e in body]
+        per_call = [e if isinstance(e, tuple) else _put_outs(e, names, arrays) for e in body]
         return _pack(("alone", names, per_call), arrays)
     return _pack(("error", body))
 
@@ -216,7 +219,7 @@ def child_main(fd: int, threads: int) -> None:
             error = (True, failed.get(key, f"model {key} is not loaded in the model process"))
             sock.sendall(_pack(("error", error)))
         else:
-            sock.sendall(_reply(model, groups))
+            sock.sendall(_reply(model, names, groups))
 
 
 # -- the parent --------------------------------------------------------------------------
@@ -500,7 +503,11 @@ class ProcessExecutor:
                 error = InferenceError("the sequences do not fit the model's input shape")
                 job.loop.call_soon(job.done, error)
             else:  # some call is malformed: run each alone so only that one fails
-                self._queue.extendleft(reversed(self._split(job)))
+                self._queue.extendleft(reversed(self._one_by_one(job)))
+            return
+        if not groups:  # calls without sequences: nothing to run
+            nothing: list[_Outcome] = [[] for _ in job.calls]
+            job.loop.call_soon(job.done, nothing)
             return
         if child.loaded.get(job.model.key) != job.model.manifest.sha256:
             self._sync(child, job.model)
@@ -516,7 +523,7 @@ class ProcessExecutor:
         child.send(_pack(("run", job.model.key, names, len(groups)), arrays))
 
     @staticmethod
-    def _split(job: _Job) -> list[_Job]:
+    def _one_by_one(job: _Job) -> list[_Job]:
         """One job per call; ``job.done`` gets all their outcomes once the last is in."""
         outcomes: list[_Outcome] = [[] for _ in job.calls]
         left = [len(job.calls)]

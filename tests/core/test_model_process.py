@@ -130,6 +130,18 @@ async def test_a_predict_of_ragged_sequences_equals_one_by_one(
         assert_result(b, alone)
 
 
+async def test_calls_without_sequences_get_no_results(
+    registry: ModelRegistry, runner: Runner
+) -> None:
+    model = registry.get("tiny_lstm")
+    seq = random_input(model, np.random.default_rng(6), 2)
+    assert list(await asyncio.gather(runner.run(model, []), runner.run(model, []))) == [[], []]
+    empty, (got,) = await asyncio.gather(runner.run(model, []), runner.run(model, [seq]))
+    assert empty == []
+    assert_result(got, run_sync(model, [seq])[0])
+    assert processes(runner).pids, "the child is alive"
+
+
 async def test_a_call_onnxruntime_refuses_fails_alone(
     registry: ModelRegistry, runner: Runner
 ) -> None:
