@@ -233,13 +233,16 @@ class _Job:
     done: Done
     owners: list[list[tuple[int, int]]] = field(default_factory=list)
     """Per group, the (call, sequence) of each row."""
+    simple: bool = False
+    """One group, row i the only sequence of call i (``_stack``'s common case)."""
     sent: float = 0.0
 
 
-def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _Owners]:
+def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _Owners, bool]:
     """Group the calls' sequences by length and stack each group (inputs and states).
 
-    C-level array calls only: this runs on the event loop for every batch.
+    Also says whether the batch is the simple case: every call one sequence, all of one
+    length. C-level array calls only: this runs on the event loop for every batch.
     """
     names = [s.name for s in model.manifest.state]
     seqs = [call.seqs[0] for call in calls if len(call.seqs) == 1]
@@ -249,7 +252,7 @@ def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _O
         states = [call.states[0] for call in calls]
         stacked = {n: np.array(list(map(itemgetter(n), states)), dtype=np.float32) for n in names}
         calls_of_rows = np.arange(len(calls), dtype=np.int32)
-        return [(np.array(seqs), stacked, calls_of_rows)], owners
+        return [(np.array(seqs), stacked, calls_of_rows)], owners, True
     by_length: dict[int, list[tuple[int, int]]] = {}
     for ci, call in enumerate(calls):
         for si, seq in enumerate(call.seqs):
@@ -263,7 +266,7 @@ def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _O
             for n in names
         }
         groups.append((x, stacked, np.array([ci for ci, _ in rows], dtype=np.int32)))
-    return groups, owners
+    return groups, owners, False
 
 
 def _split(out: _GroupOut) -> list[SeqResult]:
@@ -320,8 +323,7 @@ def _outcomes(
     taken = iter(arrays)
     if kind == "ok":
         body = _take_outs(parts, names, taken)
-        if len(job.owners) == 1 and len(job.owners[0]) == len(job.calls):
-            # one group with one row per call (``_stack``'s common case)
+        if job.simple:
             (out,) = body
             assert out is not None
             if metrics is not None:
@@ -497,7 +499,7 @@ class ProcessExecutor:
     def _send(self, child: _Child, job: _Job) -> None:
         """Send ``job`` to ``child``, or settle it without the child."""
         try:
-            groups, job.owners = _stack(job.model, job.calls)
+            groups, job.owners, job.simple = _stack(job.model, job.calls)
         except ValueError:
             if len(job.calls) == 1:
                 error = InferenceError("the sequences do not fit the model's input shape")

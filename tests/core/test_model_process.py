@@ -139,6 +139,12 @@ async def test_calls_without_sequences_get_no_results(
     empty, (got,) = await asyncio.gather(runner.run(model, []), runner.run(model, [seq]))
     assert empty == []
     assert_result(got, run_sync(model, [seq])[0])
+    # as many rows as calls, but not one each
+    other = random_input(model, np.random.default_rng(7), 2)
+    both, none = await asyncio.gather(runner.run(model, [seq, other]), runner.run(model, []))
+    assert none == [] and len(both) == 2
+    for got, want in zip(both, run_sync(model, [seq, other]), strict=True):
+        assert_result(got, want)
     assert processes(runner).pids, "the child is alive"
 
 
