@@ -216,7 +216,7 @@ class DirectExchange:
 _INTERNAL_ERROR = b"Internal Server Error"
 _INTERNAL_ERROR_HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
-    (b"content-length", b"21"),
+    (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
 ]
 
 DirectHandler = Callable[[dict[str, Any], DirectExchange], Awaitable[None]]

@@ -244,7 +244,7 @@ def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _O
     Also says whether the batch is the simple case: every call one sequence, all of one
     length. C-level array calls only: this runs on the event loop for every batch.
     """
-    names = [s.name for s in model.manifest.state]
+    names = model.state_names
     seqs = [call.seqs[0] for call in calls if len(call.seqs) == 1]
     if len(seqs) == len(calls) and len({int(x.shape[0]) for x in seqs}) == 1:
         # the common case, a batch of single steps: one group, one row per call
@@ -307,7 +307,7 @@ def _results(
     return results
 
 
-def _raise(error: _Error) -> BaseException:
+def _exception(error: _Error) -> BaseException:
     is_inference, message = error
     return InferenceError(message) if is_inference else RuntimeError(message)
 
@@ -318,7 +318,7 @@ def _outcomes(
     """A reply frame as the job's outcomes."""
     (kind, *rest), arrays = _unpack(frame)
     if kind == "error":
-        return _raise(rest[0])
+        return _exception(rest[0])
     names, parts = rest
     taken = iter(arrays)
     if kind == "ok":
@@ -334,7 +334,7 @@ def _outcomes(
     outcomes: list[_Outcome] = []
     for ci, entry in enumerate(parts):
         if isinstance(entry, tuple):
-            outcomes.append(_raise(entry))
+            outcomes.append(_exception(entry))
         else:
             own = _results(job, _take_outs(entry, names, taken), ci, metrics)[ci]
             outcomes.append([r for r in own if r is not None])
@@ -513,7 +513,7 @@ class ProcessExecutor:
             return
         if child.loaded.get(job.model.key) != job.model.manifest.sha256:
             self._sync(child, job.model)
-        names = [spec.name for spec in job.model.manifest.state]
+        names = job.model.state_names
         arrays: list[np.ndarray] = []
         for x, states, calls in groups:
             arrays.append(x)

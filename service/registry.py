@@ -68,6 +68,11 @@ class LoadedModel:
         spec = self.manifest.output
         return denormalise(spec, y) if isinstance(spec, RegressionOutput) else None
 
+    @cached_property
+    def state_names(self) -> list[str]:
+        """The state tensors' names, in the manifest's order (``h``, ``c``)."""
+        return [s.name for s in self.manifest.state]
+
     def zero_state(self) -> State:
         return {s.name: np.zeros(s.shape, dtype=np.float32) for s in self.manifest.state}
 
@@ -100,8 +105,7 @@ class LoadedModel:
         only: this runs with the GIL held, in competition with the event loop.
         """
         stacked = {
-            spec.name: np.array([s[spec.name] for s in states], dtype=np.float32)
-            for spec in self.manifest.state
+            name: np.array([s[name] for s in states], dtype=np.float32) for name in self.state_names
         }
         y, finals = self.run_stacked(x, stacked)
         new_states: list[State] = [{} for _ in range(x.shape[0])]

@@ -8,6 +8,7 @@ import pytest
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.registry import ModelRegistry
 from service.settings import Settings
 from tests.tiny_models import make_tiny_store
 
@@ -18,6 +19,14 @@ BUNDLED_STORE = REPO / "model_store"
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture
+def registry(tiny_store: Path) -> ModelRegistry:
+    """The tiny store, loaded: a fresh registry per test (tests patch its models)."""
+    reg = ModelRegistry(tiny_store)
+    reg.load()
+    return reg
 
 
 @pytest.fixture

@@ -24,13 +24,6 @@ ATOL = 1e-5
 
 
 @pytest.fixture
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store)
-    reg.load()
-    return reg
-
-
-@pytest.fixture
 async def runner() -> AsyncIterator[Runner]:
     r = Runner(Metrics(), workers=1, max_batch_size=64, max_wait_us=500)
     yield r

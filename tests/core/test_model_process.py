@@ -25,13 +25,6 @@ from tests.core.test_batcher import assert_same, batch_count, random_input, rand
 
 
 @pytest.fixture
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store)
-    reg.load()
-    return reg
-
-
-@pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
 

@@ -34,13 +34,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store)
-    reg.load()
-    return reg
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -72,6 +72,12 @@ class Wire:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def head(session_id: str, body: bytes = STEP, extra: str = "") -> bytes:
     """A step request's head, for a body sent apart from it."""
@@ -101,8 +107,7 @@ def steps_of(server: Server, session_id: str) -> int:
 def test_keep_alive_steps_carry_the_same_headers_as_other_routes(
     tiny_server: Server, session: str
 ) -> None:
-    wire = Wire(tiny_server)
-    try:
+    with Wire(tiny_server) as wire:
         for n in (1, 2, 3):
             wire.send(request(session, extra=f"X-Request-ID: wire-{n}\r\n"))
             r = wire.read()
@@ -120,13 +125,10 @@ def test_keep_alive_steps_carry_the_same_headers_as_other_routes(
         missing = wire.read()
         assert missing.status == 404 and missing.json()["code"] == "session_not_found"
         assert missing.header("content-type") == "application/problem+json"
-    finally:
-        wire.close()
 
 
 def test_pipelined_steps_are_answered_in_order(tiny_server: Server, session: str) -> None:
-    wire = Wire(tiny_server)
-    try:
+    with Wire(tiny_server) as wire:
         # the second and third wait behind the first and are served through ASGI
         wire.send(request(session) + request(session) + request("nope") + request(session))
         answers = [wire.read() for _ in range(4)]
@@ -134,34 +136,29 @@ def test_pipelined_steps_are_answered_in_order(tiny_server: Server, session: str
         assert [answers[i].json()["steps"] for i in (0, 1, 3)] == [1, 2, 3]
         names = [sorted(k for k, _ in a.headers if k != "date") for a in answers]
         assert names[0] == names[1] == names[3]
-    finally:
-        wire.close()
     assert steps_of(tiny_server, session) == 3
 
 
 def test_connection_close_and_http_1_0_close_after_the_answer(
     tiny_server: Server, session: str
 ) -> None:
-    wire = Wire(tiny_server)
-    wire.send(request(session, extra="Connection: close\r\n"))
-    r = wire.read()
-    assert r.status == 200 and r.header("connection") == "close"
-    assert wire.closed_by_server()
-    wire.close()
+    with Wire(tiny_server) as wire:
+        wire.send(request(session, extra="Connection: close\r\n"))
+        r = wire.read()
+        assert r.status == 200 and r.header("connection") == "close"
+        assert wire.closed_by_server()
 
-    wire = Wire(tiny_server)
-    wire.send(request(session).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
-    r = wire.read()
-    assert r.status == 200 and r.json()["steps"] == 2
-    assert wire.closed_by_server()
-    wire.close()
+    with Wire(tiny_server) as wire:
+        wire.send(request(session).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        r = wire.read()
+        assert r.status == 200 and r.json()["steps"] == 2
+        assert wire.closed_by_server()
 
 
 def test_a_body_that_arrives_late_in_pieces_or_chunked_is_read_whole(
     tiny_server: Server, session: str
 ) -> None:
-    wire = Wire(tiny_server)
-    try:
+    with Wire(tiny_server) as wire:
         wire.send(head(session))
         time.sleep(0.05)
         wire.send(STEP[:5])
@@ -177,47 +174,35 @@ def test_a_body_that_arrives_late_in_pieces_or_chunked_is_read_whole(
         chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(STEP) - 10, STEP[10:])
         wire.send(chunked)
         assert wire.read().json()["steps"] == 2
-    finally:
-        wire.close()
 
 
 def test_expect_100_continue_gets_a_continue_before_the_body(
     tiny_server: Server, session: str
 ) -> None:
-    wire = Wire(tiny_server)
-    try:
+    with Wire(tiny_server) as wire:
         wire.send(head(session, extra="Expect: 100-continue\r\n"))
         interim = wire.read()
         assert interim.status == 100
         wire.send(STEP)
         r = wire.read()
         assert r.status == 200 and r.json()["steps"] == 1
-    finally:
-        wire.close()
 
 
 def test_too_large_and_abandoned_bodies_change_nothing(tiny_server: Server, session: str) -> None:
-    wire = Wire(tiny_server)
-    try:
+    with Wire(tiny_server) as wire:
         wire.send(
             f"POST /v1/sessions/{session}/step HTTP/1.1\r\nHost: test\r\n"
             "Content-Length: 50000000\r\n\r\n".encode()
         )
         r = wire.read()  # answered before the body is sent
         assert r.status == 413 and r.json()["code"] == "request_too_large"
-    finally:
-        wire.close()
 
-    wire = Wire(tiny_server)
-    wire.send(head(session) + STEP[:4])  # headers and part of the body
-    time.sleep(0.05)
-    wire.close()  # gone mid-body
-    time.sleep(0.1)
+    with Wire(tiny_server) as wire:
+        wire.send(head(session) + STEP[:4])  # headers and part of the body
+        time.sleep(0.05)
+    time.sleep(0.1)  # gone mid-body
 
     assert steps_of(tiny_server, session) == 0
-    wire = Wire(tiny_server)
-    try:
+    with Wire(tiny_server) as wire:
         wire.send(request(session))
         assert wire.read().json()["steps"] == 1
-    finally:
-        wire.close()
