@@ -18,13 +18,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
-from service.encoding import decode_steps, inputs_digest, parse_body_inputs
+from service.encoding import decode_steps, inputs_digest, parse_step_inputs
 from service.errors import (
     CapacityReached,
     InvalidInput,
@@ -65,8 +65,10 @@ def session_view(rec: SessionRecord) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class StepResult:
+class StepResult(NamedTuple):
+    """A step's response (a named tuple: one is made per step, and a frozen dataclass
+    costs twice as much to build)."""
+
     body: dict[str, Any]
     raw: bytes
     """``body`` as JSON, encoded once (it is also what a retry gets back)."""
@@ -86,6 +88,14 @@ class _Locks:
 
     def __call__(self, key: str) -> _Held:
         return _Held(self, key)
+
+    def try_acquire(self, key: str) -> bool:
+        """Take the lock if nobody holds it (no coroutine: the session step's common case)."""
+        waiters = self._waiters
+        if key in waiters:
+            return False
+        waiters[key] = None
+        return True
 
     async def acquire(self, key: str) -> None:
         waiters = self._waiters
@@ -338,12 +348,7 @@ class SessionManager:
     # -- stepping ---------------------------------------------------------------------------
 
     def parse_step(self, model: LoadedModel, body: dict[str, Any]) -> np.ndarray:
-        seqs, batched = parse_body_inputs(
-            model.manifest, body, self.settings.max_steps_per_request, 1
-        )
-        if batched:
-            raise InvalidInput("a step takes one sequence of steps, not a batch")
-        return seqs[0]
+        return parse_step_inputs(model.manifest, body, self.settings.max_steps_per_request)
 
     @staticmethod
     def _offset(body: dict[str, Any]) -> int | None:
@@ -369,7 +374,10 @@ class SessionManager:
         request, exactly as if it had been applied alone, so its retry is replayed.
         """
         offset = self._offset(body)
-        async with self._locks(session_id):
+        locks = self._locks
+        if not locks.try_acquire(session_id):
+            await locks.acquire(session_id)
+        try:
             for _ in range(_CAS_ATTEMPTS):
                 rec = await self.get(owner, session_id, kind)
                 model = self.model_of(rec)
@@ -415,6 +423,8 @@ class SessionManager:
                 new = rec.advanced(steps, res.state, res.outputs[-1], applied, self.clock())
                 if await self.store.save(new, rec.revision):
                     return StepResult(body_out, raw)
+        finally:
+            locks.release(session_id)
         raise StoreUnavailable(f"session {session_id!r} is contended; retry")
 
     # -- generation -------------------------------------------------------------------------
