@@ -98,7 +98,7 @@ class Runner:
             states = [zero] * len(seqs)
         elif len(states) != len(seqs):
             raise ValueError(f"{len(seqs)} sequences but {len(states)} states")
-        return await self._batcher.run(model, seqs, states, key)
+        return await self._batcher.for_model(model).submit(seqs, states, key)
 
     async def close(self) -> None:
         await self._executor.close()

@@ -379,7 +379,9 @@ class SessionManager:
             await locks.acquire(session_id)
         try:
             for _ in range(_CAS_ATTEMPTS):
-                rec = await self.get(owner, session_id, kind)
+                rec = await self.store.load(session_id)
+                if rec.owner != owner or rec.kind != kind:  # self.get, one coroutine less
+                    raise SessionNotFound(f"no session {session_id!r}")
                 model = self.model_of(rec)
                 x = self.parse_step(model, body)
                 n = int(x.shape[0])

@@ -30,10 +30,13 @@ class RequestContext:
         digits, 64 random bits per process and then a counter (no syscall per request)."""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                given: str = value.decode("latin-1")[:128]
-                if given:
-                    return given
-                break
+                return self.request_id_of(value)
+        return self.request_id_of(None)
+
+    def request_id_of(self, given: bytes | None) -> str:
+        """``request_id`` from the header's value (None: no such header)."""
+        if given:
+            return given.decode("latin-1")[:128]
         return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016x}"
 
     def done(self, scope: Scope, route: str, status: int, started: float, request_id: str) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Protocol
 
 import orjson
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from service.api.context import RequestContext
 from service.api.deps import authenticate, parse_json_object, receive_body
@@ -31,8 +32,8 @@ from service.api.problems import (
     problem_of,
     status_of,
 )
-from service.errors import ServeError
-from service.http_protocol import DirectExchange, DirectHandler
+from service.errors import RequestTooLarge, ServeError
+from service.http_protocol import DirectHandler
 from service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,39 @@ def step_session_id(scope: Scope) -> str | None:
     return session_id
 
 
+class Exchange(Protocol):
+    """One step request's body in and response out: ``DirectExchange`` on the service's
+    own HTTP protocol, ``AsgiExchange`` under any other server."""
+
+    def complete_body(self) -> bytes | None: ...
+
+    async def receive(self) -> Message: ...
+
+    async def respond(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None: ...
+
+
+class AsgiExchange:
+    """``Exchange`` over ASGI ``receive`` and ``send``."""
+
+    __slots__ = ("_receive", "_send")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+
+    async def receive(self) -> Message:
+        return await self._receive()
+
+    def complete_body(self) -> None:
+        return None  # ASGI gives the body only through receive
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})
+
+
 class FastStep:
     def __init__(self, context: RequestContext) -> None:
         self.context = context
@@ -66,50 +100,61 @@ class FastStep:
         self, core: AppState, session_id: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """The step as an ASGI app (a pipelined request, or a server without direct routes)."""
-
-        async def reply(status: int, headers: list[tuple[bytes, bytes]], payload: bytes) -> None:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
-
-        await self.serve(core, session_id, scope, receive, reply)
+        await self.serve(core, session_id, scope, AsgiExchange(receive, send))
 
     async def serve(
-        self,
-        core: AppState,
-        session_id: str,
-        scope: Scope,
-        receive: Receive,
-        reply: Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[None]],
+        self, core: AppState, session_id: str, scope: Scope, exchange: Exchange
     ) -> None:
-        request_id = self.context.request_id(scope)
+        """Answer one step. The direct route calls this as ``DirectHandler`` (bound to the
+        app state and the session id), so no coroutine stands between it and the protocol."""
         started = time.perf_counter()
+        authorization: bytes | None = None
+        content_length: bytes | None = None
+        given_id: bytes | None = None
+        for name, value in scope["headers"]:  # one pass for everything the step reads
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"x-request-id" and given_id is None:
+                given_id = value
+        context = self.context
+        request_id = context.request_id_of(given_id)
         status = 500
         try:
-            status, headers, payload = await self._answer(core, session_id, scope, receive)
+            status, headers, payload = await self._answer(
+                core, session_id, scope, exchange, authorization, content_length
+            )
             headers = [
                 *headers,
                 (b"content-length", str(len(payload)).encode()),
                 (b"x-request-id", request_id.encode("latin-1")),
             ]
-            await reply(status, headers, payload)
+            await exchange.respond(status, headers, payload)
         finally:
-            self.context.done(scope, ROUTE, status, started, request_id)
+            context.done(scope, ROUTE, status, started, request_id)
 
     @staticmethod
     async def _answer(
-        core: AppState, session_id: str, scope: Scope, receive: Receive
+        core: AppState,
+        session_id: str,
+        scope: Scope,
+        exchange: Exchange,
+        authorization: bytes | None,
+        content_length: bytes | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        authorization: str | None = None
-        content_length: str | None = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-length":
-                content_length = value.decode("latin-1")
         try:
-            owner = authenticate(core.api_keys, authorization)
+            owner = authenticate(
+                core.api_keys, None if authorization is None else authorization.decode("latin-1")
+            )
             core.rate_limiter.check(owner)
-            raw = await receive_body(receive, content_length, core.settings.max_body_bytes)
+            limit = core.settings.max_body_bytes
+            raw = exchange.complete_body()
+            if raw is None:
+                declared = None if content_length is None else content_length.decode("latin-1")
+                raw = await receive_body(exchange.receive, declared, limit)
+            elif len(raw) > limit:
+                raise RequestTooLarge(f"body of {len(raw)} bytes exceeds the limit of {limit}")
             result = await core.sessions.step(owner, session_id, parse_json_object(raw))
             return 200, _JSON, result.raw
         except ServeError as exc:
@@ -152,11 +197,7 @@ class ServeApp(FastAPI):
         if route is None:
             return None
         fast, core, session_id = route
-
-        async def handle(scope: Scope, exchange: DirectExchange) -> None:
-            await fast.serve(core, session_id, scope, exchange.receive, exchange.respond)
-
-        return handle
+        return partial(fast.serve, core, session_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._step_route(scope)
