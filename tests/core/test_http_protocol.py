@@ -102,6 +102,8 @@ class DirectApp:
     def __init__(self) -> None:
         self.asgi_paths: list[str] = []
         self.direct_paths: list[str] = []
+        self.whole_bodies: list[str] = []
+        """Direct requests whose body ``complete_body`` gave at once."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -126,7 +128,11 @@ class DirectApp:
             if scope["path"] == "/direct/boom":
                 raise RuntimeError("a bug")
             body = b"direct:"
-            while True:
+            whole = exchange.complete_body()
+            if whole is not None:
+                self.whole_bodies.append(scope["path"])
+                body += whole
+            while whole is None:
                 message = await exchange.receive()
                 if message["type"] == "http.disconnect":
                     return
@@ -193,6 +199,8 @@ async def test_direct_routes_skip_asgi_and_the_rest_goes_through_it() -> None:
     assert app.asgi_paths == ["/other", "/direct/c"]
     assert sock.writes[-2].endswith(b"direct:3") and sock.writes[-1].endswith(b"\r\n\r\n4")
     assert protocol.server_state.total_requests == 4 and not sock.closing
+    # each direct body came in the same read as its head: taken whole, without receive
+    assert app.whole_bodies == ["/direct/a", "/direct/b"]
 
 
 async def test_a_direct_route_waits_for_its_body_and_honours_connection_close() -> None:
@@ -206,6 +214,20 @@ async def test_a_direct_route_waits_for_its_body_and_honours_connection_close() 
     await _settle()
     assert sock.writes[0].endswith(b"connection: close\r\n\r\ndirect:late body")
     assert sock.events[-1] == "close"
+    assert app.whole_bodies == []  # the body was still coming: read through receive
+
+
+async def test_a_direct_route_answers_expect_100_continue_before_reading() -> None:
+    app = DirectApp()
+    protocol, sock = _protocol(app)
+    request = _post("/direct/ask", b"body", b"Expect: 100-continue\r\n")
+    protocol.data_received(request[:-4])  # the head: the client waits for 100 Continue
+    await _settle()
+    assert sock.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    protocol.data_received(request[-4:])
+    await _settle()
+    assert sock.writes[-1].endswith(b"\r\n\r\ndirect:body")
+    assert app.whole_bodies == []  # complete_body leaves the interim reply to receive
 
 
 async def test_a_failing_direct_route_answers_500_and_closes() -> None:
