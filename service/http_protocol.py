@@ -56,6 +56,14 @@ class CoalescingTransport(asyncio.Transport):
             self._loop.call_soon(self._flush)
         self._pending.append(bytes(data))
 
+    def write_whole(self, data: bytes) -> None:
+        """Write a whole response at once, behind anything held (nothing to join it with:
+        this saves the loop callback that a held write costs)."""
+        if self._pending:
+            self._pending.append(data)
+        elif not self._transport.is_closing():
+            self._transport.write(data)
+
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
             self.write(data)
@@ -113,6 +121,8 @@ class CoalescingTransport(asyncio.Transport):
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` over a ``CoalescingTransport`` (WebSocket upgrades inherit it)."""
+
+    transport: CoalescingTransport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it
@@ -216,7 +226,7 @@ class DirectExchange:
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", body)
         transport = protocol.transport
-        transport.write(b"".join(parts))
+        transport.write_whole(b"".join(parts))
         self.response_complete = True
         self.set()
         if not self.keep_alive:
