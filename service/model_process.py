@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -66,17 +66,56 @@ log = logging.getLogger(__name__)
 FRAME = struct.Struct("<II")
 """A frame's head: the length of the pickled message, and of the array bytes after it."""
 
+
+class _Raw(NamedTuple):
+    """An array as its dtype, shape and C-order bytes: how the parent sends rows stacked
+    without building the stacked array (``_stacked``)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
 _Error = tuple[bool, str]
 _GroupOut = tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray], float]
 _Group = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]
+_Sent = tuple[np.ndarray | _Raw, dict[str, np.ndarray | _Raw], np.ndarray]
+"""A group as the parent sends it (``_stack``); the child gets it as a ``_Group``."""
 _Owners = list[list[tuple[int, int]]]
 
+_F32 = np.dtype(np.float32)
 
-def _pack(message: object, arrays: Sequence[np.ndarray] = ()) -> bytes:
+
+def _pack(message: object, arrays: Sequence[np.ndarray | _Raw] = ()) -> bytes:
     """One frame: ``message`` and ``arrays`` (in order; the message says what they are)."""
-    head = pickle.dumps((message, [(a.dtype.str, a.shape) for a in arrays]), protocol=5)
-    body = [a.tobytes() for a in arrays]
+    specs: list[tuple[str, tuple[int, ...]]] = []
+    body: list[bytes] = []
+    for a in arrays:
+        if isinstance(a, _Raw):
+            specs.append((a.dtype, a.shape))
+            body.append(a.data)
+        else:
+            specs.append((a.dtype.str, a.shape))
+            body.append(a.tobytes())
+    head = pickle.dumps((message, specs), protocol=5)
     return b"".join([FRAME.pack(len(head), sum(map(len, body))), head, *body])
+
+
+def _stacked(rows: list[np.ndarray], dtype: np.dtype[Any] | None = None) -> np.ndarray | _Raw:
+    """``np.array(rows, dtype)``, as joined bytes when every row is a C-contiguous array of
+    one dtype (``dtype``, or the first row's) and one shape: one copy instead of two (the
+    stack, then ``tobytes``), and no numpy array to build on the event loop."""
+    first = rows[0]
+    shape = first.shape
+    want = first.dtype if dtype is None else dtype
+    for row in rows:
+        if row.dtype is not want or row.shape != shape:
+            return np.array(rows, dtype=dtype)
+    try:
+        data = b"".join(rows)  # type: ignore[arg-type]  # arrays are bytes-like (buffers)
+    except TypeError:  # a row that is not C-contiguous is no simple buffer
+        return np.array(rows, dtype=dtype)
+    return _Raw(want.str, (len(rows), *shape), data)
 
 
 def _unpack(frame: bytes | bytearray) -> tuple[Any, list[np.ndarray]]:
@@ -238,7 +277,7 @@ class _Job:
     sent: float = 0.0
 
 
-def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _Owners, bool]:
+def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Sent], _Owners, bool]:
     """Group the calls' sequences by length and stack each group (inputs and states).
 
     Also says whether the batch is the simple case: every call one sequence, all of one
@@ -250,21 +289,18 @@ def _stack(model: LoadedModel, calls: Sequence[_Call]) -> tuple[list[_Group], _O
         # the common case, a batch of single steps: one group, one row per call
         owners = [list(zip(range(len(calls)), repeat(0), strict=False))]
         states = [call.states[0] for call in calls]
-        stacked = {n: np.array(list(map(itemgetter(n), states)), dtype=np.float32) for n in names}
+        stacked = {n: _stacked(list(map(itemgetter(n), states)), _F32) for n in names}
         calls_of_rows = np.arange(len(calls), dtype=np.int32)
-        return [(np.array(seqs), stacked, calls_of_rows)], owners, True
+        return [(_stacked(seqs), stacked, calls_of_rows)], owners, True
     by_length: dict[int, list[tuple[int, int]]] = {}
     for ci, call in enumerate(calls):
         for si, seq in enumerate(call.seqs):
             by_length.setdefault(int(seq.shape[0]), []).append((ci, si))
-    groups: list[_Group] = []
+    groups: list[_Sent] = []
     owners = list(by_length.values())
     for rows in owners:
-        x = np.array([calls[ci].seqs[si] for ci, si in rows])
-        stacked = {
-            n: np.array([calls[ci].states[si][n] for ci, si in rows], dtype=np.float32)
-            for n in names
-        }
+        x = _stacked([calls[ci].seqs[si] for ci, si in rows])
+        stacked = {n: _stacked([calls[ci].states[si][n] for ci, si in rows], _F32) for n in names}
         groups.append((x, stacked, np.array([ci for ci, _ in rows], dtype=np.int32)))
     return groups, owners, False
 
@@ -514,7 +550,7 @@ class ProcessExecutor:
         if child.loaded.get(job.model.key) != job.model.manifest.sha256:
             self._sync(child, job.model)
         names = job.model.state_names
-        arrays: list[np.ndarray] = []
+        arrays: list[np.ndarray | _Raw] = []
         for x, states, calls in groups:
             arrays.append(x)
             arrays.extend(states[name] for name in names)

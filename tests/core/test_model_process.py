@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from service.batcher import SeqResult
 from service.errors import InferenceError, NotReady
 from service.metrics import Metrics
-from service.model_process import ProcessExecutor, _pack, _unpack
+from service.model_process import ProcessExecutor, _pack, _Raw, _stacked, _unpack
 from service.registry import LoadedModel, ModelRegistry
 from service.runner import Runner, run_sync
 from service.session_store import MemoryStore
@@ -78,6 +79,31 @@ def test_frames_carry_arrays_of_any_dtype_and_shape() -> None:
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
         assert b.flags.writeable
+
+
+def test_rows_are_stacked_as_joined_bytes_only_when_that_is_exact() -> None:
+    """``_stacked`` joins the rows' bytes when they are C-contiguous arrays of one dtype
+    and shape; anything else is stacked by numpy, as before (and fails as numpy does)."""
+    rng = np.random.default_rng(0)
+    f32 = np.dtype(np.float32)
+    plain = [rng.normal(size=(2, 1, 4)).astype(np.float32) for _ in range(5)]
+    odd: list[list[np.ndarray]] = [
+        [rng.normal(size=(2, 1, 8)).astype(np.float32)[..., ::2]] * 3,  # strided: no buffer
+        [plain[0], plain[1].astype(np.float64)],  # mixed dtypes
+        [rng.normal(size=(2, 1, 4)), rng.normal(size=(2, 1, 4))],  # float64: cast
+    ]
+    cases: list[tuple[list[np.ndarray], np.dtype[Any] | None, bool]]
+    cases = [(plain, f32, True), (plain[:1], f32, True), (plain, None, True)]
+    cases += [(rows, f32, False) for rows in odd] + [(odd[1], None, False)]
+    for rows, dtype, joined in cases:
+        want = np.array(rows, dtype=dtype)
+        got = _stacked(rows, dtype)
+        assert isinstance(got, _Raw) == joined
+        (_, (back,)) = _unpack(bytearray(_pack(("x",), [got])))
+        assert back.dtype == want.dtype and back.shape == want.shape
+        np.testing.assert_array_equal(back, want)
+    with pytest.raises(ValueError):  # rows of two shapes: the batch's calls go one by one
+        _stacked([plain[0], plain[0][:1]], f32)
 
 
 @pytest.mark.parametrize("name", ["tiny_lstm", "tiny_gru", "tiny_char"])
