@@ -65,6 +65,10 @@ class SessionRecord:
     ) -> SessionRecord:
         """The record after a step: new state, next revision, expiry renewed from ``now``.
 
+        ``last_output`` is copied when it is a view (a row of a batch's outputs): kept in
+        an idle session, a view would keep the whole batch's array alive (in the model
+        process's case, the whole reply frame with every row's state).
+
         Every session step makes one, so it copies the fields' dict and changes five of
         them instead of running the frozen ``__init__`` (which sets 13 fields one by one
         through ``object.__setattr__``: 2.3 against 1.0 µs). The record stays immutable to
@@ -76,6 +80,8 @@ class SessionRecord:
         fields["steps"] = steps
         fields["expires_at"] = now + self.ttl_seconds
         fields["state"] = state
+        if last_output is not None and last_output.base is not None:
+            last_output = last_output.copy()
         fields["last_output"] = last_output
         fields["last"] = last
         fields["revision"] = self.revision + 1

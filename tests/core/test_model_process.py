@@ -253,6 +253,24 @@ async def test_a_killed_child_fails_its_batch_and_no_session_advances(
     assert executor.pids and executor.pids != [pid]
 
 
+async def test_sessions_stepped_in_a_batch_keep_no_part_of_it(
+    registry: ModelRegistry, tiny_store: Path, runner: Runner
+) -> None:
+    """After a shared run, each session's state and last output own their memory: a view
+    would keep the batch's whole reply frame alive for as long as the session idles."""
+    settings = Settings(model_store=tiny_store, max_sessions=100, request_log=False)
+    manager = SessionManager(MemoryStore(), registry, runner, settings)
+    recs = [await manager.create("bob", "tiny_lstm") for _ in range(8)]
+    sent = processes(runner).child_batches
+    body = {"inputs": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]}
+    await asyncio.gather(*(manager.step("bob", r.id, body) for r in recs))
+    assert processes(runner).child_batches == sent + 1  # one run for all eight
+    for rec in recs:
+        after = await manager.get("bob", rec.id)
+        assert after.last_output is not None and after.last_output.base is None
+        assert all(arr.base is None for arr in after.state.values())
+
+
 async def test_a_replaced_version_is_reloaded_in_the_child(
     registry: ModelRegistry, runner: Runner, tiny_store: Path
 ) -> None:
