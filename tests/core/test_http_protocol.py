@@ -102,6 +102,7 @@ class DirectApp:
     def __init__(self) -> None:
         self.asgi_paths: list[str] = []
         self.direct_paths: list[str] = []
+        self.direct_scopes: list[dict[str, Any]] = []
         self.whole_bodies: list[str] = []
         """Direct requests whose body ``complete_body`` gave at once."""
 
@@ -125,6 +126,7 @@ class DirectApp:
 
         async def handle(scope: dict[str, Any], exchange: Any) -> None:
             self.direct_paths.append(scope["path"])
+            self.direct_scopes.append(scope)
             if scope["path"] == "/direct/boom":
                 raise RuntimeError("a bug")
             body = b"direct:"
@@ -201,6 +203,25 @@ async def test_direct_routes_skip_asgi_and_the_rest_goes_through_it() -> None:
     assert protocol.server_state.total_requests == 4 and not sock.closing
     # each direct body came in the same read as its head: taken whole, without receive
     assert app.whole_bodies == ["/direct/a", "/direct/b"]
+
+
+async def test_a_direct_route_gets_the_path_and_query_as_uvicorn_parses_them() -> None:
+    app = DirectApp()
+    protocol, sock = _protocol(app)
+    for target in ["/direct/a", "/direct/a?x=1&y", "/direct/a%20b?q=%20", "/direct/c#frag"]:
+        protocol.data_received(_post(target, b"1"))
+        await _settle()
+    protocol.data_received(_post("http://t/direct/d?z=2", b"1"))  # absolute form
+    await _settle()
+    got = [(s["path"], s["raw_path"], s["query_string"]) for s in app.direct_scopes]
+    assert got == [
+        ("/direct/a", b"/direct/a", b""),
+        ("/direct/a", b"/direct/a", b"x=1&y"),
+        ("/direct/a b", b"/direct/a%20b", b"q=%20"),
+        ("/direct/c", b"/direct/c", b""),
+        ("/direct/d", b"/direct/d", b"z=2"),
+    ]
+    assert len(sock.writes) == 5 and app.asgi_paths == []
 
 
 async def test_a_direct_route_waits_for_its_body_and_honours_connection_close() -> None:
