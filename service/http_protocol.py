@@ -252,11 +252,56 @@ class ServeHttpProtocol(CoalescingHttpToolsProtocol):
     proxy-header or trace-logging middleware) is asked, so nothing is skipped.
     """
 
+    _idle_since: float | None = None
+    """When the connection last fell idle (its response complete, nothing read since)."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._direct: Callable[[dict[str, Any]], DirectHandler | None] | None = getattr(
             self.app, "direct_handler", None
         )
+
+    # Keep-alive: uvicorn arms a timer after every response and cancels it when the next
+    # request's data arrives (call_later and cancel: ~1.8 µs a request). Here one timer
+    # stays armed across requests; when it fires, it closes the connection only if it
+    # has been idle for the whole timeout, and otherwise waits for the rest of it.
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # data arrived: busy (the timer stays armed)
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timer armed only when none is."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            self._idle_since = None
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_due
+            )
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None:  # busy: its response arms the timer again
+            return
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
     def on_headers_complete(self) -> None:
         handler = self._direct_route()

@@ -154,13 +154,14 @@ class Socketish(Recording):
         self.events.append("resume")
 
 
-def _protocol(app: DirectApp) -> tuple[Any, Socketish]:
+def _protocol(app: DirectApp, keep_alive: float = 5.0) -> tuple[Any, Socketish]:
     import uvicorn
     from uvicorn.server import ServerState
 
     from service.http_protocol import ServeHttpProtocol
 
     config = uvicorn.Config(app, proxy_headers=False, log_config=None)
+    config.timeout_keep_alive = keep_alive  # type: ignore[assignment]  # typed int; any delay works
     config.load()
     state = ServerState()
     state.default_headers = [(b"server", b"test")]
@@ -268,3 +269,49 @@ async def test_nothing_is_written_for_a_client_gone_mid_body() -> None:
     protocol.connection_lost(None)
     await _settle()
     assert sock.writes == [] and protocol.tasks == set()
+
+
+async def test_keep_alive_closes_a_connection_idle_for_the_timeout_with_one_timer() -> None:
+    """The connection closes once idle for the whole keep-alive timeout, counted from its
+    last response, and the timer armed after the first response serves the next ones."""
+    app = DirectApp()
+    protocol, sock = _protocol(app, keep_alive=0.5)
+    protocol.data_received(_post("/direct/a", b"1"))
+    await _settle()
+    timer = protocol.timeout_keep_alive_task
+    assert timer is not None
+    for path in ["/direct/b", "/other", "/direct/c"]:  # busy before the timeout: kept open
+        await asyncio.sleep(0.1)
+        protocol.data_received(_post(path, b"1"))
+        await _settle()
+        assert not sock.closing and protocol.timeout_keep_alive_task is timer
+    # 0.5 s in, the first timer finds the connection idle for 0.2 s only: it waits on
+    await asyncio.sleep(0.25)
+    assert not sock.closing and protocol.timeout_keep_alive_task is not timer
+    await asyncio.sleep(0.4)  # now idle for more than 0.5 s
+    assert sock.closing and len(sock.writes) == 4
+
+
+async def test_keep_alive_never_closes_a_connection_mid_request() -> None:
+    app = DirectApp()
+    protocol, sock = _protocol(app, keep_alive=0.05)
+    protocol.data_received(_post("/direct/a", b"1"))
+    await _settle()
+    protocol.data_received(_post("/direct/slow", b"late body")[:-4])  # a request begins
+    await asyncio.sleep(0.15)
+    assert not sock.closing and protocol.timeout_keep_alive_task is None
+    protocol.data_received(b"body")
+    await _settle()
+    assert sock.writes[-1].endswith(b"direct:late body") and not sock.closing
+    await asyncio.sleep(0.1)
+    assert sock.closing
+
+
+async def test_a_lost_connection_leaves_no_keep_alive_timer() -> None:
+    protocol, _ = _protocol(DirectApp(), keep_alive=30)
+    protocol.data_received(_post("/direct/a", b"1"))
+    await _settle()
+    timer = protocol.timeout_keep_alive_task
+    protocol.connection_lost(None)
+    assert timer is not None and timer.cancelled()
+    assert protocol.timeout_keep_alive_task is None
