@@ -354,8 +354,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=5,
-        help="the HTTP step cases of all servers are driven in turn, this many times",
+        default=10,
+        help="the HTTP step cases of all servers are driven in turn, this many times "
+        "(at most one round a second)",
     )
     parser.add_argument("--only", nargs="+", default=None, help="servers: service floor torch")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
