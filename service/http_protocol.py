@@ -13,6 +13,7 @@ session step) is answered by a coroutine that reads the body through ``DirectExc
 and writes its response in one piece, without uvicorn's ASGI request cycle (an event, two
 messages, header checks by regular expression, and the app's ASGI entry). Everything else,
 and a request pipelined behind one still being answered, goes through ASGI as before.
+It also keeps one keep-alive timer per connection instead of one per response.
 """
 
 from __future__ import annotations
