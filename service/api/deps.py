@@ -73,6 +73,13 @@ def parse_json(raw: bytes) -> Any:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
 
 
+def check_body_size(size: int, limit: int) -> None:
+    """``RequestTooLarge`` (413) for a body of ``size`` bytes, declared or received whole,
+    over ``limit``."""
+    if size > limit:
+        raise RequestTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
+
+
 async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
     """The raw body from ASGI ``receive``, refusing (413) anything over ``limit``.
 
@@ -84,8 +91,7 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int)
             declared = int(content_length)
         except ValueError as exc:
             raise MalformedRequest("invalid Content-Length") from exc
-        if declared > limit:
-            raise RequestTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
+        check_body_size(declared, limit)
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from service.api.context import RequestContext
-from service.api.deps import authenticate, parse_json_object, receive_body
+from service.api.deps import authenticate, check_body_size, parse_json_object, receive_body
 from service.api.problems import (
     CLIENT_DISCONNECTED,
     PROBLEM_JSON,
@@ -32,7 +32,7 @@ from service.api.problems import (
     problem_of,
     status_of,
 )
-from service.errors import RequestTooLarge, ServeError
+from service.errors import ServeError
 from service.http_protocol import DirectHandler
 from service.state import AppState
 
@@ -153,8 +153,8 @@ class FastStep:
             if raw is None:
                 declared = None if content_length is None else content_length.decode("latin-1")
                 raw = await receive_body(exchange.receive, declared, limit)
-            elif len(raw) > limit:
-                raise RequestTooLarge(f"body of {len(raw)} bytes exceeds the limit of {limit}")
+            else:
+                check_body_size(len(raw), limit)
             result = await core.sessions.step(owner, session_id, parse_json_object(raw))
             return 200, _JSON, result.raw
         except ServeError as exc:

@@ -15,7 +15,7 @@ from service.errors import InferenceError
 from service.manifest import FeaturesInput
 from service.metrics import Metrics
 from service.registry import LoadedModel, ModelRegistry, State
-from service.runner import Runner, run_sync
+from service.runner import Runner, SeqResult, run_sync
 from service.session_store import MemoryStore
 from service.sessions import SessionManager
 from service.settings import Settings
@@ -150,16 +150,24 @@ async def test_many_sessions_mixed_lengths_equal_unbatched(
             state = alone.state
 
 
+async def ragged_predicts(
+    runner: Runner, model: LoadedModel
+) -> list[tuple[SeqResult, SeqResult, SeqResult]]:
+    """Seven sequences of mixed lengths predicted forward and backward at once: per
+    sequence, its two batched results and its run alone."""
+    rng = np.random.default_rng(3)
+    seqs = [random_input(model, rng, n) for n in (3, 1, 7, 3, 2, 7, 1)]
+    forward, backward = await asyncio.gather(runner.run(model, seqs), runner.run(model, seqs[::-1]))
+    return [
+        (a, b, run_sync(model, [seq])[0])
+        for seq, a, b in zip(seqs, forward, backward[::-1], strict=True)
+    ]
+
+
 async def test_predict_batch_of_ragged_sequences_equals_one_by_one(
     registry: ModelRegistry, runner: Runner
 ) -> None:
-    model = registry.get("tiny_lstm")
-    rng = np.random.default_rng(3)
-    seqs = [random_input(model, rng, n) for n in (3, 1, 7, 3, 2, 7, 1)]
-    calls = [runner.run(model, seqs), runner.run(model, seqs[::-1])]
-    forward, backward = await asyncio.gather(*calls)
-    for seq, a, b in zip(seqs, forward, backward[::-1], strict=True):
-        (alone,) = run_sync(model, [seq])
+    for a, b, alone in await ragged_predicts(runner, registry.get("tiny_lstm")):
         assert_same(a.outputs, alone.outputs)
         assert_same(b.outputs, alone.outputs)
         for k in alone.state:

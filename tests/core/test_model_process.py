@@ -22,7 +22,13 @@ from service.runner import Runner, run_sync
 from service.session_store import MemoryStore
 from service.sessions import SessionManager
 from service.settings import Settings
-from tests.core.test_batcher import assert_same, batch_count, random_input, random_state
+from tests.core.test_batcher import (
+    assert_same,
+    batch_count,
+    ragged_predicts,
+    random_input,
+    random_state,
+)
 
 
 @pytest.fixture
@@ -139,12 +145,7 @@ async def test_batches_in_the_child_equal_runs_in_process(
 async def test_a_predict_of_ragged_sequences_equals_one_by_one(
     registry: ModelRegistry, runner: Runner
 ) -> None:
-    model = registry.get("tiny_lstm")
-    rng = np.random.default_rng(3)
-    seqs = [random_input(model, rng, n) for n in (3, 1, 7, 3, 2, 7, 1)]
-    forward, backward = await asyncio.gather(runner.run(model, seqs), runner.run(model, seqs[::-1]))
-    for seq, a, b in zip(seqs, forward, backward[::-1], strict=True):
-        (alone,) = run_sync(model, [seq])
+    for a, b, alone in await ragged_predicts(runner, registry.get("tiny_lstm")):
         assert_result(a, alone)
         assert_result(b, alone)
 
