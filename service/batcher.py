@@ -260,9 +260,17 @@ class ModelBatcher:
         """Batches running now."""
         return self._inflight
 
-    async def submit(
+    def submit(
         self, seqs: Sequence[np.ndarray], states: Sequence[State], key: Hashable | None = None
-    ) -> list[SeqResult]:
+    ) -> asyncio.Future[list[SeqResult]]:
+        """Queue one call; its future resolves with its results.
+
+        A plain function returning the future, not a coroutine around it: one layer less
+        for every step to enter and, when the batch answers, to resume. A caller cancelled
+        while waiting cancels the future; a queued call whose future is done is dropped
+        when the next batch is taken (``_start_batch``), and a running one is ignored when
+        its batch answers (``_finish``).
+        """
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -274,26 +282,11 @@ class ModelBatcher:
             # iteration reads off its socket joins the batch, and nothing waits for a timer.
             self._flush_soon = True
             loop.call_soon(self._flush)
-        try:
-            return await call.future
-        except asyncio.CancelledError:
-            self._forget(call)
-            raise
+        return call.future
 
     def _flush(self) -> None:
         self._flush_soon = False
         self._dispatch()
-
-    def _forget(self, call: _Call) -> None:
-        """A cancelled caller still in the queue leaves it; a running one is simply dropped."""
-        try:
-            self._pending.remove(call)
-        except ValueError:
-            return
-        self._pending_seqs -= len(call.seqs)
-        if not self._pending and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _dispatch(self) -> None:
         while self._pending and self._inflight < self._max_inflight:
@@ -400,11 +393,11 @@ class Batcher:
             self._models[model.key] = mb
         return mb
 
-    async def run(
+    def run(
         self,
         model: LoadedModel,
         seqs: Sequence[np.ndarray],
         states: Sequence[State],
         key: Hashable | None = None,
-    ) -> list[SeqResult]:
-        return await self.for_model(model).submit(seqs, states, key)
+    ) -> asyncio.Future[list[SeqResult]]:
+        return self.for_model(model).submit(seqs, states, key)

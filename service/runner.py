@@ -10,6 +10,7 @@ so the event loop never blocks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
@@ -77,13 +78,13 @@ class Runner:
         if self._processes is not None:
             self._processes.prepare(models)
 
-    async def run(
+    def run(
         self,
         model: LoadedModel,
         seqs: Sequence[np.ndarray],
         states: Sequence[State] | None = None,
         key: Hashable | None = None,
-    ) -> list[SeqResult]:
+    ) -> asyncio.Future[list[SeqResult]]:
         """Outputs and final states for ``seqs`` from ``states`` (zero state when omitted).
 
         ``seqs`` are ``[time, features]`` float32 in the data's own units (the runner
@@ -92,13 +93,16 @@ class Runner:
 
         ``key`` (a session id) orders calls: two calls with one key never share a batch and
         run in the order they were made.
+
+        Called in the running loop; await the future it returns (a plain function, not a
+        coroutine: the step's hot path enters and resumes one coroutine less).
         """
         if states is None:
             zero = model.zero_state()
             states = [zero] * len(seqs)
         elif len(states) != len(seqs):
             raise ValueError(f"{len(seqs)} sequences but {len(states)} states")
-        return await self._batcher.for_model(model).submit(seqs, states, key)
+        return self._batcher.for_model(model).submit(seqs, states, key)
 
     async def close(self) -> None:
         await self._executor.close()

@@ -177,6 +177,13 @@ class MemoryStore:
         return self._live(session_id)
 
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
+        return self.save_now(rec, expected_revision)
+
+    # ``load`` and ``save`` without a coroutine: the session step calls these when its
+    # store is a ``MemoryStore`` (``SessionManager.step``), two coroutines less a step.
+    load_now = _live
+
+    def save_now(self, rec: SessionRecord, expected_revision: int) -> bool:
         current = self._live(rec.id)
         if current.revision != expected_revision:
             return False

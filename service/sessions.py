@@ -38,7 +38,7 @@ from service.generation import GenerateOptions, GenStep, Rollout, rollout
 from service.metrics import Metrics
 from service.registry import LoadedModel, ModelRegistry, State
 from service.runner import Runner
-from service.session_store import LastApplied, SessionRecord, SessionStore
+from service.session_store import LastApplied, MemoryStore, SessionRecord, SessionStore
 from service.settings import Settings
 
 _CAS_ATTEMPTS = 8
@@ -155,6 +155,8 @@ class SessionManager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self._memory = store if isinstance(store, MemoryStore) else None
+        """The store when it is in memory: the step then loads and saves without awaiting."""
         self.registry = registry
         self.runner = runner
         self.settings = settings
@@ -375,11 +377,15 @@ class SessionManager:
         """
         offset = self._offset(body)
         locks = self._locks
+        memory = self._memory
         if not locks.try_acquire(session_id):
             await locks.acquire(session_id)
         try:
             for _ in range(_CAS_ATTEMPTS):
-                rec = await self.store.load(session_id)
+                if memory is not None:
+                    rec = memory.load_now(session_id)
+                else:
+                    rec = await self.store.load(session_id)
                 if rec.owner != owner or rec.kind != kind:  # self.get, one coroutine less
                     raise SessionNotFound(f"no session {session_id!r}")
                 model = self.model_of(rec)
@@ -423,7 +429,11 @@ class SessionManager:
                     tail = {"id": rec.id, "steps": steps, "outputs": body_out["outputs"][-kept:]}
                     applied = LastApplied(steps - kept, kept, digest, orjson.dumps(tail))
                 new = rec.advanced(steps, res.state, res.outputs[-1], applied, self.clock())
-                if await self.store.save(new, rec.revision):
+                if memory is not None:
+                    saved = memory.save_now(new, rec.revision)
+                else:
+                    saved = await self.store.save(new, rec.revision)
+                if saved:
                     return StepResult(body_out, raw)
         finally:
             locks.release(session_id)

@@ -13,14 +13,27 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from service.errors import CapacityReached, SessionGone, SessionNotFound, StoreUnavailable
+from service.errors import (
+    CapacityReached,
+    InvalidInput,
+    SessionGone,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from service.redis_store import RedisStore
+from service.registry import ModelRegistry
+from service.runner import Runner, run_sync
 from service.session_store import LastApplied, MemoryStore, SessionRecord, SessionStore
+from service.sessions import SessionManager
+from service.settings import Settings
 from tests.e2e.server import free_port
 from tests.redis_process import RedisProcess
 
@@ -511,3 +524,64 @@ def test_an_advanced_record_equals_the_same_record_built_by_replace() -> None:
     assert rec.steps == 5 and rec.revision == 0  # the original is untouched
     with pytest.raises(FrozenInstanceError):
         got.steps = 7  # type: ignore[misc]
+
+
+# -- the session manager's step on each store --------------------------------------------------
+# On a MemoryStore the step loads and saves without awaiting (``MemoryStore.load_now`` and
+# ``save_now``); on any other store it awaits ``load`` and ``save``. Both paths must behave
+# the same: numbers, failed steps, and a record changed by another writer mid-step.
+
+
+async def test_the_session_step_on_this_store(
+    backend: Backend, registry: ModelRegistry, tiny_store: Path
+) -> None:
+    runner = Runner()
+    cfg = Settings(model_store=tiny_store, max_sessions=100, session_ttl_seconds=60)
+    manager = SessionManager(backend.store, registry, runner, cfg, clock=backend.clock)
+    assert (manager._memory is not None) == isinstance(backend.store, MemoryStore)
+    seq = [[0.5, 1.0, -2.0], [1.5, 0.0, 3.0], [2.0, 2.0, 2.0], [-1.0, 0.25, 0.0]]
+    try:
+        rec = await manager.create("alice", "tiny_lstm")
+        outputs = []
+        for i, row in enumerate(seq):
+            result = await manager.step("alice", rec.id, {"inputs": [row], "offset": i})
+            outputs.extend(result.body["outputs"])
+        model = registry.get("tiny_lstm")
+        (whole,) = run_sync(model, [np.asarray(seq, dtype=np.float32)], [model.zero_state()])
+        assert whole.wire is not None
+        np.testing.assert_allclose(outputs, whole.wire, rtol=0, atol=1e-5)
+
+        before = await backend.store.load(rec.id)
+        with pytest.raises(InvalidInput):
+            await manager.step("alice", rec.id, {"inputs": [[1.0, 2.0]]})
+        after = await backend.store.load(rec.id)
+        assert (after.steps, after.revision) == (before.steps, before.revision) == (4, 4)
+        replay = await manager.step("alice", rec.id, {"inputs": [seq[-1]], "offset": 3})
+        assert replay.replayed and replay.body["outputs"] == outputs[-1:]
+
+        # another writer (a replica, a /v2 sequence) saves while the step's model runs:
+        # the step's save loses the compare-and-set, and it runs again on the new record
+        real_run = runner.run
+        intruded: list[SessionRecord] = []
+
+        def run_after_an_intruder(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+            async def later() -> None:
+                if not intruded:
+                    cur = await backend.store.load(rec.id)
+                    moved = replace(cur, steps=cur.steps + 10, revision=cur.revision + 1)
+                    assert await backend.store.save(moved, cur.revision)
+                    intruded.append(moved)
+                done.set_result(await real_run(*args, **kwargs))
+
+            asyncio.get_running_loop().create_task(later())
+            return done
+
+        manager.runner = cast(Runner, SimpleNamespace(run=run_after_an_intruder))
+        result = await manager.step("alice", rec.id, {"inputs": [[0.0, 0.0, 1.0]]})
+        final = await backend.store.load(rec.id)
+        assert intruded and result.body["steps"] == 4 + 10 + 1
+        assert (final.steps, final.revision) == (15, 6)
+    finally:
+        await runner.close()
