@@ -603,15 +603,20 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
     ws64 = _find(results, "service", "ws session step", 64)
     stream64 = _find(results, "service", "ws stream", 64)
 
-    def line(name: str, value: float | None, target: str, ok: bool | None) -> None:
+    def line(
+        name: str, value: float | None, target: str, ok: bool | None, kind: str = "target"
+    ) -> None:
         shown = "n/a" if value is None else f"{value:.2f}"
         verdict = "not measured" if ok is None else ("met" if ok else "NOT met")
-        print(f"  {name:<44} {shown:>8}  (target {target}: {verdict})")
+        print(f"  {name:<44} {shown:>8}  ({kind} {target}: {verdict})")
 
     r = step64.rps / floor64.rps if step64 and floor64 else None
     line("step c64 / HTTP floor, stock uvicorn", r, ">= 0.8", None if r is None else r >= 0.8)
+    # the floor is the Starlette route (on stock uvicorn); the same route on the
+    # service's own HTTP protocol is a stricter check of our own
     r = step64.rps / floor1w64.rps if step64 and floor1w64 else None
-    line("step c64 / HTTP floor, same protocol", r, ">= 0.8", None if r is None else r >= 0.8)
+    ok = None if r is None else r >= 0.8
+    line("step c64 / HTTP floor, same protocol", r, ">= 0.8", ok, "own stricter check")
     r = step64.rps / torch64.rps if step64 and torch64 else None
     line("step c64 throughput / FastAPI+PyTorch", r, ">= 4", None if r is None else r >= 4)
     p = step1.p50_ms if step1 else None
