@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import socket
 
@@ -47,7 +48,11 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
-    GracefulServer(server_config(app, host, port, graceful_timeout), app).run()
+    # uvicorn shuts down on Ctrl-C, then raises the signal again for whoever handled it
+    # before; asyncio turns that into KeyboardInterrupt. The shutdown has happened by
+    # then, so (as uvicorn's own command line does) it ends quietly, with status 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        GracefulServer(server_config(app, host, port, graceful_timeout), app).run()
 
 
 def server_config(app: FastAPI, host: str, port: int, graceful_timeout: int) -> uvicorn.Config:

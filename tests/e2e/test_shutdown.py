@@ -123,19 +123,25 @@ def _gone(pid: int, seconds: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGINT])
 def test_the_model_process_goes_with_the_server(
     redis_env: dict[str, str], tmp_path: Path, sig: int
 ) -> None:
     """The onnxruntime child exits with the server, even one killed without a chance to
-    stop it (it sees its socket close)."""
+    stop it (it sees its socket close). Ctrl-C (SIGINT) is a clean stop: exit status 0
+    and no traceback, as with ``uvicorn`` itself."""
     server = start_server(redis_env, tmp_path)
     try:
         (child,) = _children(server.process.pid)
         with open(f"/proc/{child}/cmdline") as f:
             assert "service.model_process" in f.read()
         server.process.send_signal(sig)
-        server.process.wait(30)
+        status = server.process.wait(30)
         assert _gone(child, 10), f"model process {child} outlived the server ({sig!r})"
+        if sig == signal.SIGINT:
+            log = server.log()
+            assert "Application shutdown complete" in log
+            assert "Traceback" not in log, log[-3000:]
+            assert status == 0
     finally:
         server.stop(signal.SIGKILL)
