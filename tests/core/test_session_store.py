@@ -568,12 +568,15 @@ async def test_the_session_step_on_this_store(
             done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
             async def later() -> None:
-                if not intruded:
-                    cur = await backend.store.load(rec.id)
-                    moved = replace(cur, steps=cur.steps + 10, revision=cur.revision + 1)
-                    assert await backend.store.save(moved, cur.revision)
-                    intruded.append(moved)
-                done.set_result(await real_run(*args, **kwargs))
+                try:
+                    if not intruded:
+                        cur = await backend.store.load(rec.id)
+                        moved = replace(cur, steps=cur.steps + 10, revision=cur.revision + 1)
+                        assert await backend.store.save(moved, cur.revision)
+                        intruded.append(moved)
+                    done.set_result(await real_run(*args, **kwargs))
+                except Exception as exc:  # fail the step, not hang it
+                    done.set_exception(exc)
 
             asyncio.get_running_loop().create_task(later())
             return done
