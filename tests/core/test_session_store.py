@@ -563,6 +563,7 @@ async def test_the_session_step_on_this_store(
         # the step's save loses the compare-and-set, and it runs again on the new record
         real_run = runner.run
         intruded: list[SessionRecord] = []
+        tasks: list[asyncio.Task[None]] = []  # kept: the loop holds tasks only weakly
 
         def run_after_an_intruder(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
             done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -578,7 +579,7 @@ async def test_the_session_step_on_this_store(
                 except Exception as exc:  # fail the step, not hang it
                     done.set_exception(exc)
 
-            asyncio.get_running_loop().create_task(later())
+            tasks.append(asyncio.get_running_loop().create_task(later()))
             return done
 
         manager.runner = cast(Runner, SimpleNamespace(run=run_after_an_intruder))
