@@ -392,12 +392,3 @@ class Batcher:
             )
             self._models[model.key] = mb
         return mb
-
-    def run(
-        self,
-        model: LoadedModel,
-        seqs: Sequence[np.ndarray],
-        states: Sequence[State],
-        key: Hashable | None = None,
-    ) -> asyncio.Future[list[SeqResult]]:
-        return self.for_model(model).submit(seqs, states, key)

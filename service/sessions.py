@@ -65,6 +65,13 @@ def session_view(rec: SessionRecord) -> dict[str, Any]:
     }
 
 
+def _owned(rec: SessionRecord, owner: str, kind: str) -> SessionRecord:
+    """``rec`` if it is ``owner``'s session of ``kind``; else it is not found (404)."""
+    if rec.owner != owner or rec.kind != kind:
+        raise SessionNotFound(f"no session {rec.id!r}")
+    return rec
+
+
 class StepResult(NamedTuple):
     """A step's response (a named tuple: one is made per step, and a frozen dataclass
     costs twice as much to build)."""
@@ -167,10 +174,7 @@ class SessionManager:
     # -- lookup ---------------------------------------------------------------------------
 
     async def get(self, owner: str, session_id: str, kind: str = "session") -> SessionRecord:
-        rec = await self.store.load(session_id)
-        if rec.owner != owner or rec.kind != kind:
-            raise SessionNotFound(f"no session {session_id!r}")
-        return rec
+        return _owned(await self.store.load(session_id), owner, kind)
 
     def model_of(self, rec: SessionRecord) -> LoadedModel:
         try:
@@ -383,11 +387,9 @@ class SessionManager:
         try:
             for _ in range(_CAS_ATTEMPTS):
                 if memory is not None:
-                    rec = memory.load_now(session_id)
+                    rec = _owned(memory.load_now(session_id), owner, kind)
                 else:
-                    rec = await self.store.load(session_id)
-                if rec.owner != owner or rec.kind != kind:  # self.get, one coroutine less
-                    raise SessionNotFound(f"no session {session_id!r}")
+                    rec = await self.get(owner, session_id, kind)
                 model = self.model_of(rec)
                 x = self.parse_step(model, body)
                 n = int(x.shape[0])
