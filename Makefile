@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest install-runtime install-dev models services clean
+.PHONY: bench serve test lint typecheck pytest install-runtime install-dev models services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,15 +25,19 @@ install-dev: $(VENV)/.dev
 serve: $(VENV)/.runtime
 	$(BIN)/lstm-serve serve --host $(HOST) --port $(PORT)
 
+# The benchmark harness (needs wrk and the dev extra); see docs/performance.md.
+bench: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
 models: $(VENV)/.runtime
 	$(BIN)/lstm-serve models
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests benchmarks
+	$(BIN)/ruff format --check service tests benchmarks
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy service tests
+	$(BIN)/mypy service tests benchmarks
 
 # What the tests talk to: a Redis at 127.0.0.1:6379 (started if not answering) and nginx
 # (Debian's package, installed if missing) in front of the replicas in the e2e tests.

@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     http: Any = "auto"
     if args.one_write:
-        from service.http_protocol import ServeHttpProtocol
+        from service.http.protocol import ServeHttpProtocol
 
         http = ServeHttpProtocol
     uvicorn.run(

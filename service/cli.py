@@ -39,8 +39,8 @@ def setup_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.app import create_app
-    from service.server import serve
+    from service.http.app import create_app
+    from service.http.server import serve
     from service.settings import Settings
 
     setup_logging(args.log_level)
@@ -54,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from service.model_store import scan
+    from service.models.store import scan
     from service.settings import Settings
 
     root = Settings().model_store
@@ -81,9 +81,8 @@ def _models(args: argparse.Namespace) -> int:
 _DELEGATED: dict[str, tuple[str, str]] = {
     "train": ("service.training.cli", "train_main"),
     "import": ("service.training.cli", "import_main"),
-    "generate": ("service.client_cli", "generate_main"),
-    "forecast": ("service.client_cli", "forecast_main"),
-    "bench": ("service.bench", "main"),
+    "generate": ("service.client.cli", "generate_main"),
+    "forecast": ("service.client.cli", "forecast_main"),
 }
 """Subcommands implemented elsewhere, imported only when used (torch only for train/import)."""
 
@@ -109,7 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("import", help="import an LSTM/GRU ONNX model exported elsewhere")
     sub.add_parser("generate", help="stream text from a language model")
     sub.add_parser("forecast", help="forecast from a CSV file")
-    sub.add_parser("bench", help="benchmark the server against the HTTP floor")
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -1,8 +1,8 @@
 """The service's typed errors. None of them knows about HTTP.
 
 Every error a client can cause, or that the service must report, is one of these;
-``service.api.problems`` maps them to problem details for ``/v1`` and
-``service.v2.errors`` to the Open Inference Protocol's ``{"error": ...}``.
+``service.http.problems`` maps them to problem details for ``/v1`` and
+``service.http.v2.errors`` to the Open Inference Protocol's ``{"error": ...}``.
 
     ServeError
     ├── InvalidInput          well-formed but invalid (422)

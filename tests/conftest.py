@@ -7,8 +7,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
-from service.registry import ModelRegistry
+from service.http.app import create_app
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 from tests.tiny_models import make_tiny_store
 

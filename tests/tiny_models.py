@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.manifest import (
+from service.models.manifest import (
     FeaturesInput,
     Feedback,
     GraphSpec,
@@ -25,7 +25,7 @@ from service.manifest import (
     StateTensor,
     TextInput,
 )
-from service.model_store import write_version
+from service.models.store import write_version
 
 VOCAB = list(" abcdefghijklmnopqrstuvwxyz.,")
 

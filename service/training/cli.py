@@ -92,7 +92,7 @@ def train_main(args: list[str]) -> int:
 
 def import_main(args: list[str]) -> int:
     """``lstm-serve import FILE.onnx --name NAME``: adopt an LSTM/GRU graph exported elsewhere."""
-    from service.training.importer import main
+    from service.onnx_import.importer import main
 
     return main(args)
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from service.manifest import (
+from service.models.manifest import (
     FeaturesInput,
     Feedback,
     GraphSpec,
@@ -37,7 +37,7 @@ from service.manifest import (
     StateTensor,
     TextInput,
 )
-from service.model_store import next_version, write_version
+from service.models.store import next_version, write_version
 from service.training import baselines
 from service.training.data import load_pydoc_topics
 from service.training.export import (

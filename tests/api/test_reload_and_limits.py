@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.app import create_app, reload_models
 from service.errors import RateLimited
-from service.rate_limit import RateLimiter
+from service.http.app import create_app, reload_models
+from service.http.rate_limit import RateLimiter
 from service.settings import Settings
 from tests.tiny_models import write_tiny_model
 

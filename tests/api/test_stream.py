@@ -17,7 +17,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 ONE = {"inputs": [[1.0, 2.0, 3.0]]}
@@ -298,7 +298,7 @@ async def test_waiting_text_frames_share_a_step(app: FastAPI, client: httpx.Asyn
 async def test_frames_beyond_the_read_ahead_limits_are_all_answered_in_order(
     tiny_store: Path,
 ) -> None:
-    from service.api.stream import MAX_WAITING_FRAMES
+    from service.http.websocket import MAX_WAITING_FRAMES
 
     # a small body limit makes the reader pause after a few frames, many times over
     async with app_with(tiny_store, max_body_bytes=1024) as (app, http):

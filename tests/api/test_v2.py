@@ -20,7 +20,7 @@ import pytest
 import tritonclient.http as triton
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 F = 3

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from service.errors import InferenceError
-from service.manifest import FeaturesInput
+from service.inference.runner import Runner, SeqResult, run_sync
 from service.metrics import Metrics
-from service.registry import LoadedModel, ModelRegistry, State
-from service.runner import Runner, SeqResult, run_sync
-from service.session_store import MemoryStore
-from service.sessions import SessionManager
+from service.models.manifest import FeaturesInput
+from service.models.registry import LoadedModel, ModelRegistry, State
+from service.sessions.manager import SessionManager
+from service.sessions.store import MemoryStore
 from service.settings import Settings
 
 ATOL = 1e-5

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.encoding import inputs_digest, parse_body_inputs, parse_step_inputs
 from service.errors import InvalidInput
-from service.registry import ModelRegistry
+from service.models.encoding import inputs_digest, parse_body_inputs, parse_step_inputs
+from service.models.registry import ModelRegistry
 
 MAX_STEPS = 16
 

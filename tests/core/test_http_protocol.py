@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from service.http_protocol import DIRECT_WRITE_BYTES, CoalescingTransport
+from service.http.protocol import DIRECT_WRITE_BYTES, CoalescingTransport
 
 
 class Recording(asyncio.Transport):
@@ -87,8 +87,8 @@ async def test_nothing_is_written_to_a_closing_socket() -> None:
 def test_the_server_runs_the_one_write_protocol() -> None:
     from fastapi import FastAPI
 
-    from service.http_protocol import ServeHttpProtocol
-    from service.server import server_config
+    from service.http.protocol import ServeHttpProtocol
+    from service.http.server import server_config
 
     config = server_config(FastAPI(), "127.0.0.1", 8000, 5)
     config.load()
@@ -158,7 +158,7 @@ def _protocol(app: DirectApp, keep_alive: float = 5.0) -> tuple[Any, Socketish]:
     import uvicorn
     from uvicorn.server import ServerState
 
-    from service.http_protocol import ServeHttpProtocol
+    from service.http.protocol import ServeHttpProtocol
 
     config = uvicorn.Config(app, proxy_headers=False, log_config=None)
     config.timeout_keep_alive = keep_alive  # type: ignore[assignment]  # typed int; any delay works

@@ -1,4 +1,4 @@
-"""onnxruntime in child processes (``service.model_process``): the same answers as in
+"""onnxruntime in child processes (``service.inference.model_process``): the same answers as in
 process, failures confined to their call, a dead child costing one batch and no state."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batcher import SeqResult
 from service.errors import InferenceError, NotReady
+from service.inference.batcher import SeqResult
+from service.inference.model_process import ProcessExecutor, _pack, _Raw, _stacked, _unpack
+from service.inference.runner import Runner, run_sync
 from service.metrics import Metrics
-from service.model_process import ProcessExecutor, _pack, _Raw, _stacked, _unpack
-from service.registry import LoadedModel, ModelRegistry
-from service.runner import Runner, run_sync
-from service.session_store import MemoryStore
-from service.sessions import SessionManager
+from service.models.registry import LoadedModel, ModelRegistry
+from service.sessions.manager import SessionManager
+from service.sessions.store import MemoryStore
 from service.settings import Settings
 from tests.core.test_batcher import (
     assert_same,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from service.errors import ModelStoreError
-from service.manifest import MANIFEST_FILE
-from service.model_store import next_version, read_version, scan, sha256_file, write_version
-from service.registry import ModelRegistry
+from service.models.manifest import MANIFEST_FILE
+from service.models.registry import ModelRegistry
+from service.models.store import next_version, read_version, scan, sha256_file, write_version
 from tests.tiny_models import write_tiny_model
 
 
@@ -51,7 +51,7 @@ def test_bad_sha256_is_refused_naming_the_file(
     with pytest.raises(ModelStoreError, match="sha256 mismatch") as info:
         read_version(store / "victim" / "1")
     assert str(onnx_path) in str(info.value)
-    with caplog.at_level(logging.WARNING, logger="service.model_store"):
+    with caplog.at_level(logging.WARNING, logger="service.models.store"):
         result = scan(store)
     assert {v.manifest.name for v in result.versions} == {"good_lstm", "good_gru"}
     assert len(result.errors) == 1 and str(onnx_path) in result.errors[0]

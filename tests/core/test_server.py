@@ -8,7 +8,7 @@ import gc
 
 from fastapi import FastAPI
 
-from service.server import GC_YOUNG_THRESHOLD, GracefulServer, server_config
+from service.http.server import GC_YOUNG_THRESHOLD, GracefulServer, server_config
 
 
 async def test_startup_freezes_what_it_built_so_full_collections_skip_it() -> None:

@@ -28,11 +28,11 @@ from service.errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from service.redis_store import RedisStore
-from service.registry import ModelRegistry
-from service.runner import Runner, run_sync
-from service.session_store import LastApplied, MemoryStore, SessionRecord, SessionStore
-from service.sessions import SessionManager
+from service.inference.runner import Runner, run_sync
+from service.models.registry import ModelRegistry
+from service.sessions.manager import SessionManager
+from service.sessions.redis_store import RedisStore
+from service.sessions.store import LastApplied, MemoryStore, SessionRecord, SessionStore
 from service.settings import Settings
 from tests.e2e.server import free_port
 from tests.redis_process import RedisProcess
@@ -511,7 +511,7 @@ def test_an_advanced_record_equals_the_same_record_built_by_replace() -> None:
     import numpy as np
     import pytest
 
-    from service.session_store import LastApplied, SessionRecord
+    from service.sessions.store import LastApplied, SessionRecord
 
     rec = SessionRecord("s", "o", "m", 2, 5, 10.0, 60, 70.0, {"h": np.zeros(3)}, kind="sequence")
     state = {"h": np.ones(3)}

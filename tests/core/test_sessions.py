@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.encoding import denormalise
 from service.errors import (
     CapacityReached,
     InvalidInput,
@@ -18,11 +17,12 @@ from service.errors import (
     SessionGone,
     SessionNotFound,
 )
-from service.manifest import RegressionOutput
-from service.registry import ModelRegistry
-from service.runner import Runner, run_sync
-from service.session_store import MemoryStore
-from service.sessions import SessionManager
+from service.inference.runner import Runner, run_sync
+from service.models.encoding import denormalise
+from service.models.manifest import RegressionOutput
+from service.models.registry import ModelRegistry
+from service.sessions.manager import SessionManager
+from service.sessions.store import MemoryStore
 from service.settings import Settings
 
 
@@ -276,7 +276,7 @@ async def test_steps_on_one_session_apply_in_arrival_order(manager: SessionManag
 async def test_session_locks_hand_over_in_order_and_survive_cancellation() -> None:
     import asyncio
 
-    from service.sessions import _Locks
+    from service.sessions.manager import _Locks
 
     locks = _Locks()
     order: list[str] = []
@@ -315,7 +315,7 @@ async def test_session_locks_hand_over_in_order_and_survive_cancellation() -> No
 async def test_a_waiter_cancelled_after_a_release_skipped_it_leaves_quietly() -> None:
     import asyncio
 
-    from service.sessions import _Locks
+    from service.sessions.manager import _Locks
 
     locks = _Locks()
     await locks.acquire("s")

@@ -78,7 +78,7 @@ def test_what_the_dockerfile_installs_serves_the_bundled_models(tmp_path: Path) 
     )
     assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
     subprocess.run(
-        [str(python), "-c", "import hiredis, onnxruntime, redis, service.redis_store"],
+        [str(python), "-c", "import hiredis, onnxruntime, redis, service.sessions.redis_store"],
         cwd=tmp_path,
         check=True,
     )

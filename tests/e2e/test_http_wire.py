@@ -1,7 +1,7 @@
 """The session step on the wire, over raw sockets against a real server.
 
 The server answers ``POST /v1/sessions/{id}/step`` without uvicorn's ASGI request cycle
-(``service.http_protocol.ServeHttpProtocol``); a request pipelined behind another still
+(``service.http.protocol.ServeHttpProtocol``); a request pipelined behind another still
 goes through ASGI. These tests hold that path to what HTTP/1.1 clients rely on.
 """
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.manifest import FeaturesInput, TextInput
-from service.model_store import StoredVersion, scan
+from service.models.manifest import FeaturesInput, TextInput
+from service.models.store import StoredVersion, scan
 
 BUNDLED = Path(__file__).resolve().parents[2] / "model_store"
 EXPECTED = {

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.model_store import read_version
-from service.registry import ModelRegistry
+from service.models.registry import ModelRegistry
+from service.models.store import read_version
+from service.onnx_import.importer import TensorInfo, pair_states, state_name
 from service.training.cli import import_main
 from service.training.export import export_torchscript
-from service.training.importer import TensorInfo, pair_states, state_name
 
 pytestmark = [pytest.mark.train]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model_store import read_version, scan
+from service.models.store import read_version, scan
 from service.training.cli import train_main
 from service.training.export import GraphPorts, StatePort, ort_session, step_vs_whole
 from service.training.recipes import RECIPES, CharLMRecipe, ForecastRecipe

@@ -1,0 +1,640 @@
+"""``lstm-serve bench``: the served step against the HTTP floor and a PyTorch baseline.
+
+It starts each server as its own uvicorn process on a free port, all at once, and drives
+them with wrk (HTTP) or ``benchmarks/ws_load.py`` (WebSocket) over many sessions
+round-robin, at concurrency 1 and 64. The session step of every server is driven in
+turn, in ``--rounds`` rounds, so that each ratio compares numbers taken minutes apart no
+more than a round apart (this machine's speed drifts):
+
+- ``service``: ``lstm-serve serve`` on the bundled model (or a tiny random one if the
+  bundled store lacks it): session step, predict, WebSocket steps in lock-step (one frame
+  in flight per socket) and streamed (``WS_DEPTH`` frames in flight per socket);
+- ``floor``: ``benchmarks/floor_app.py``, a bare Starlette route that parses the same
+  body and answers a step-shaped reply with no model, on stock uvicorn; ``floor1w``: the
+  same on the HTTP protocol the service runs (``service.http.protocol``, one write per
+  response), the floor of the service's own stack;
+- ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
+  states and the same model shape (skipped when torch is not installed).
+
+In-process it measures the raw onnxruntime step cost (the compute limit) and the memory
+of idle sessions (RSS growth of a fresh process creating them through the
+``SessionManager`` into a ``MemoryStore``). It prints numbers; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "benchmarks"
+WS_DEPTH = 16
+"""Frames each socket keeps in flight in the WebSocket streaming case."""
+
+
+@dataclass
+class Result:
+    server: str
+    case: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    def row(self) -> str:
+        return (
+            f"{self.server:<8} {self.case:<24} {self.concurrency:>5} {self.rps:>10,.0f} "
+            f"{self.p50_ms:>9.3f} {self.p99_ms:>9.3f} {self.errors:>7}"
+        )
+
+
+HEADER = (
+    f"{'server':<8} {'case':<24} {'conc':>5} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
+    f"{'errors':>7}"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _server(
+    cmd: list[str], port: int, env: dict[str, str] | None, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    import httpx
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[1:3]} exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[1:3]} not ready: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _parse_bench(output: str) -> dict[str, float]:
+    match = re.search(r"^BENCH (\{.*\})$", output, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no BENCH line in load generator output:\n{output[-2000:]}")
+    doc: dict[str, float] = json.loads(match.group(1))
+    return doc
+
+
+def _rate(doc: dict[str, float]) -> float:
+    return doc["requests"] / (doc["duration_us"] / 1e6) if doc["duration_us"] else 0.0
+
+
+def _combine(docs: list[dict[str, float]]) -> dict[str, float]:
+    """Rounds of one case as one: requests and time summed, the median round's latencies."""
+    if len(docs) == 1:
+        return docs[0]
+
+    def median(key: str) -> float:
+        values = sorted(d[key] for d in docs)
+        return values[len(values) // 2]
+
+    total = {key: sum(d[key] for d in docs) for key in ("requests", "duration_us", "errors")}
+    return {
+        **total,
+        "non2xx": sum(d["non2xx"] for d in docs),
+        "p50_us": median("p50_us"),
+        "p99_us": median("p99_us"),
+    }
+
+
+def _result(server: str, case: str, conc: int, doc: dict[str, float]) -> Result:
+    return Result(
+        server,
+        case,
+        conc,
+        _rate(doc),
+        doc["p50_us"] / 1000,
+        doc["p99_us"] / 1000,
+        int(doc["errors"] + doc["non2xx"]),
+    )
+
+
+def wrk(
+    port: int,
+    conc: int,
+    seconds: float,
+    script: str,
+    script_args: Sequence[str],
+    path: str = "/",
+) -> dict[str, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conc}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH_DIR / script),
+        f"http://127.0.0.1:{port}{path}",
+        "--",
+        *script_args,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return _parse_bench(out.stdout)
+
+
+def ws_load(
+    port: int, conc: int, seconds: float, ids: Path, body: Path, depth: int = 1
+) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        str(BENCH_DIR / "ws_load.py"),
+        "--port",
+        str(port),
+        "--sessions",
+        str(ids),
+        "--body",
+        str(body),
+        "--connections",
+        str(conc),
+        "--duration",
+        str(seconds),
+        "--depth",
+        str(depth),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return _parse_bench(out.stdout)
+
+
+# -- in-process measurements -------------------------------------------------------------
+
+
+def ort_step_cost(store: Path, model_name: str, reps: int) -> dict[str, float]:
+    """Microseconds per sequence for one step: bare ``session.run``, and ``run_batch``."""
+    import numpy as np
+
+    from service.models.registry import ModelRegistry
+
+    reg = ModelRegistry(store, 1)
+    reg.load()
+    model = reg.get(model_name)
+    m = model.manifest
+    out: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+    for batch in (1, 64):
+        if m.graph.input_dtype == "int64":
+            x = rng.integers(0, 10, size=(batch, 1)).astype(np.int64)
+        else:
+            x = rng.standard_normal((batch, 1, _features(model))).astype(np.float32)
+        states = [model.zero_state() for _ in range(batch)]
+        feeds = {m.graph.input: x}
+        for spec in m.state:
+            feeds[spec.input] = np.stack([s[spec.name] for s in states], axis=spec.batch_axis)
+        names = [m.graph.output, *(s.output for s in m.state)]
+        n = max(50, reps // batch)
+        for _ in range(20):
+            model.session.run(names, feeds)
+        t = time.perf_counter()
+        for _ in range(n):
+            model.session.run(names, feeds)
+        out[f"ort_run_b{batch}_us_per_seq"] = (time.perf_counter() - t) / n / batch * 1e6
+        t = time.perf_counter()
+        for _ in range(n):
+            model.run_batch(x, states)
+        out[f"run_batch_b{batch}_us_per_seq"] = (time.perf_counter() - t) / n / batch * 1e6
+    out.update(asyncio.run(_runner_round_trip(model, reps)))
+    return out
+
+
+async def _runner_round_trip(model: object, reps: int) -> dict[str, float]:
+    import numpy as np
+
+    from service.inference.runner import Runner
+    from service.models.registry import LoadedModel
+
+    assert isinstance(model, LoadedModel)
+    runner = Runner()
+    m = model.manifest
+    x = (
+        np.zeros(1, dtype=np.int64)
+        if m.graph.input_dtype == "int64"
+        else np.zeros((1, _features(model)), dtype=np.float32)
+    )
+    state = model.zero_state()
+    n = max(200, reps // 4)
+    for _ in range(50):
+        await runner.run(model, [x], [state])
+    t = time.perf_counter()
+    for _ in range(n):
+        await runner.run(model, [x], [state])
+    lone = (time.perf_counter() - t) / n * 1e6
+    await runner.close()
+    return {"runner_lone_call_us": lone}
+
+
+def _features(model: object) -> int:
+    from service.models.manifest import FeaturesInput
+    from service.models.registry import LoadedModel
+
+    assert isinstance(model, LoadedModel) and isinstance(model.manifest.input, FeaturesInput)
+    return model.manifest.input.size
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def idle_session_memory(store: Path, model_name: str, count: int) -> dict[str, float]:
+    """RSS growth of this process creating ``count`` sessions (run it in a fresh process)."""
+    from service.inference.runner import Runner
+    from service.models.registry import ModelRegistry
+    from service.sessions.manager import SessionManager
+    from service.sessions.store import MemoryStore
+    from service.settings import Settings
+
+    reg = ModelRegistry(store, 1)
+    reg.load()
+    settings = Settings(model_store=store, max_sessions=count + 10, request_log=False)
+
+    async def create_all() -> tuple[int, int, float]:
+        runner = Runner()
+        manager = SessionManager(MemoryStore(), reg, runner, settings)
+        await manager.create("bench", model_name)
+        gc.collect()
+        before = _rss_bytes()
+        t = time.perf_counter()
+        for _ in range(count):
+            await manager.create("bench", model_name)
+        elapsed = time.perf_counter() - t
+        gc.collect()
+        after = _rss_bytes()
+        await runner.close()
+        return before, after, elapsed
+
+    before, after, elapsed = asyncio.run(create_all())
+    return {
+        "sessions": count,
+        "rss_growth_mb": (after - before) / 2**20,
+        "bytes_per_session": (after - before) / count,
+        "create_per_s": count / elapsed,
+    }
+
+
+# -- orchestration ---------------------------------------------------------------------------
+
+
+def _resolve_store(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
+    from service.models.store import scan
+    from service.settings import Settings
+
+    store = Path(args.store) if args.store else Settings().model_store
+    names = {v.manifest.name for v in scan(store).versions}
+    if args.model in names:
+        return store, args.model
+    print(f"note: {args.model!r} not in {store}; benchmarking a tiny random LSTM instead")
+    sys.path.insert(0, str(REPO))
+    from tests.tiny_models import write_tiny_model
+
+    write_tiny_model(tmp, "bench_lstm", "lstm", features=4, hidden=64)
+    return tmp, "bench_lstm"
+
+
+def _load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a few seconds per case")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per case")
+    parser.add_argument("--model", default="weather_lstm")
+    parser.add_argument("--store", default=None, help="model store (default: the bundled one)")
+    parser.add_argument("--sessions", type=int, default=1000, help="sessions round-robin")
+    parser.add_argument("--idle-sessions", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="the HTTP step cases of all servers are driven in turn, this many times "
+        "(at most one round a second)",
+    )
+    parser.add_argument("--only", nargs="+", default=None, help="servers: service floor torch")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--_idle-memory", dest="idle_child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.idle_child:
+        store, name, count = args.idle_child
+        print(json.dumps(idle_session_memory(Path(store), name, int(count))))
+        return 0
+
+    seconds = args.duration or (3.0 if args.quick else 10.0)
+    only = set(args.only or ["service", "floor", "torch"])
+    have_wrk = shutil.which("wrk") is not None
+    have_torch = importlib.util.find_spec("torch") is not None
+    tmp = Path(tempfile.mkdtemp(prefix="lstm-serve-bench-"))
+    store, model_name = _resolve_store(args, tmp)
+
+    from service.models.registry import ModelRegistry
+
+    reg = ModelRegistry(store, 1)
+    reg.load()
+    model = reg.get(model_name)
+    m = model.manifest
+    manifest_path = model.onnx_path.parent / "manifest.json"
+    from service.models.manifest import FeaturesInput
+
+    if not isinstance(m.input, FeaturesInput):
+        print("lstm-serve bench needs a features model for the step body", file=sys.stderr)
+        return 2
+    feat = m.input.size
+    mean = list(m.input.mean)
+    step_body = tmp / "step.json"
+    step_body.write_text(json.dumps({"inputs": [[round(v + 0.5, 3) for v in mean]]}))
+    predict_body = tmp / "predict.json"
+    predict_body.write_text(
+        json.dumps({"inputs": [[round(v + 0.1 * t, 3) for v in mean] for t in range(24)]})
+    )
+
+    print(
+        f"lstm-serve bench: model {model.key} ({m.cell}, {m.layers}x{m.hidden_size}, "
+        f"{feat} features); {os.cpu_count()} CPUs; {seconds:g}s per case; "
+        f"{args.sessions} sessions round-robin; load average at start {_load_avg()}"
+    )
+    if not have_wrk:
+        print(
+            "wrk is not installed (Debian: apt-get install wrk): HTTP cases are skipped",
+            file=sys.stderr,
+        )
+    results: list[Result] = []
+    extra: dict[str, object] = {}
+
+    def record(r: Result) -> None:
+        results.append(r)
+        print(r.row(), flush=True)
+
+    print(HEADER)
+    env = {
+        "LSTM_SERVE_MODEL_STORE": str(store),
+        "LSTM_SERVE_REQUEST_LOG": "false",
+        "LSTM_SERVE_MAX_SESSIONS": str(max(100_000, args.sessions * 2)),
+    }
+    # Every server runs at once, and the step cases are driven in turn, round after round:
+    # this machine's speed drifts by tens of percent over minutes, and a ratio of numbers
+    # taken minutes apart measured the drift as much as the servers.
+    steppers: list[tuple[str, str, int, Path]] = []  # server, case, port, session ids
+    with contextlib.ExitStack() as running:
+        service_port = 0
+        service_ids = tmp / "ids.txt"
+        if "service" in only:
+            service_port = _free_port()
+            cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(service_port)]
+            cmd += ["--log-level", "warning"]
+            running.enter_context(_server(cmd, service_port, env, tmp / "service.log"))
+            _create_sessions(service_port, model_name, args.sessions, service_ids)
+            steppers.append(("service", "session step", service_port, service_ids))
+        others: list[tuple[str, str, list[str]]] = []
+        if "floor" in only:
+            # the floor on stock uvicorn, and on the HTTP protocol lstm-serve runs (one
+            # write per response): the second is the floor of the service's own stack
+            floor = [sys.executable, str(BENCH_DIR / "floor_app.py")]
+            others.append(("floor", "step (no model)", floor))
+            others.append(("floor1w", "step, one write", [*floor, "--one-write"]))
+        if "torch" in only:
+            if have_torch:
+                torch_cmd = [sys.executable, str(BENCH_DIR / "torch_baseline.py")]
+                others.append(
+                    ("torch", "session step", [*torch_cmd, "--manifest", str(manifest_path)])
+                )
+            else:
+                print("torch is not installed (pip install -e '.[train]'): baseline skipped")
+        fake_ids = _fake_ids(args.sessions, tmp / "fake_ids.txt")
+        for server, case, base in others if have_wrk else []:
+            port = _free_port()
+            cmd = [*base, "--port", str(port)]
+            running.enter_context(_server(cmd, port, None, tmp / f"{server}.log"))
+            steppers.append((server, case, port, fake_ids))
+
+        if have_wrk:
+            for _, _, port, ids in steppers:
+                wrk(port, 16, 1, "step.lua", [str(ids), str(step_body)])  # warm-up
+            rounds = max(1, min(args.rounds, round(seconds)))
+            for c in args.concurrency:
+                docs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in steppers}
+                for _ in range(rounds):
+                    for name, _, port, ids in steppers:
+                        step_args = [str(ids), str(step_body)]
+                        docs[name].append(wrk(port, c, seconds / rounds, "step.lua", step_args))
+                for name, case, _, _ in steppers:
+                    record(_result(name, case, c, _combine(docs[name])))
+                if rounds > 1 and "service" in docs and "floor" in docs:
+                    per_round = [
+                        _rate(a) / _rate(b)
+                        for a, b in zip(docs["service"], docs["floor"], strict=True)
+                    ]
+                    shown = " ".join(f"{x:.2f}" for x in per_round)
+                    print(f"         step / floor at c{c}, round by round: {shown}")
+                    extra[f"step_over_floor_c{c}_rounds"] = per_round
+
+        if service_port:
+            port = service_port
+            if have_wrk:
+                predict = f"/v1/models/{model_name}/predict"
+                for c in args.concurrency:
+                    doc = wrk(port, c, seconds, "post.lua", [str(predict_body)], predict)
+                    record(_result("service", "predict (24 steps)", c, doc))
+            if _route_exists(port):
+                for c in args.concurrency:
+                    doc = ws_load(port, c, seconds, service_ids, step_body)
+                    record(_result("service", "ws session step", c, doc))
+                # streaming: each socket keeps WS_DEPTH frames in flight, as a sensor feed
+                # or a replayed series does; waiting frames share a step (see stream.py)
+                c = max(args.concurrency)
+                doc = ws_load(port, c, seconds, service_ids, step_body, WS_DEPTH)
+                record(_result("service", f"ws stream ({WS_DEPTH} in flight)", c, doc))
+            else:
+                print("service: no WebSocket stream route; ws case skipped")
+            extra["service_batching"] = _batching(port)
+
+    print()
+    cost = ort_step_cost(store, model_name, 20_000 if not args.quick else 4000)
+    print(
+        "onnxruntime in-process, one step: "
+        f"session.run {cost['ort_run_b1_us_per_seq']:.1f} us at batch 1, "
+        f"{cost['ort_run_b64_us_per_seq']:.2f} us/seq at batch 64; "
+        f"LoadedModel.run_batch {cost['run_batch_b1_us_per_seq']:.1f} us / "
+        f"{cost['run_batch_b64_us_per_seq']:.2f} us/seq; "
+        f"Runner.run lone call (thread hop) {cost['runner_lone_call_us']:.1f} us"
+    )
+    extra["ort"] = cost
+    idle_n = args.idle_sessions if not args.quick else min(args.idle_sessions, 20_000)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench",
+            "--_idle-memory",
+            str(store),
+            model_name,
+            str(idle_n),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    mem = json.loads(out.stdout.strip().splitlines()[-1])
+    extra["idle_sessions"] = mem
+    print(
+        f"idle sessions (in-process SessionManager + MemoryStore, fresh process): "
+        f"{mem['sessions']:,} sessions add {mem['rss_growth_mb']:.1f} MB RSS "
+        f"({mem['bytes_per_session']:.0f} B each; created at {mem['create_per_s']:,.0f}/s)"
+    )
+    if "service_batching" in extra:
+        print(f"service batching during the run: {extra['service_batching']}")
+    _summary(results, mem, idle_n)
+    print(f"load average at end {_load_avg()}")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"results": [r.__dict__ for r in results], **extra}, indent=2)
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _create_sessions(port: int, model: str, n: int, path: Path) -> Path:
+    import httpx
+
+    ids: list[str] = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for _ in range(n):
+            r = client.post("/v1/sessions", json={"model": model})
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+    path.write_text("\n".join(ids) + "\n")
+    return path
+
+
+def _fake_ids(n: int, path: Path) -> Path:
+    path.write_text("\n".join(f"s{i:06d}" for i in range(n)) + "\n")
+    return path
+
+
+def _route_exists(port: int) -> bool:
+    """WebSocket routes are not in the OpenAPI document: try a handshake."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(
+            b"GET /v1/sessions/none/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        return s.recv(64).startswith(b"HTTP/1.1 101")
+
+
+def _batching(port: int) -> str:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    count = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("lstm_serve_inference_batch_size_count"):
+            count += float(line.split()[-1])
+        elif line.startswith("lstm_serve_inference_batch_size_sum"):
+            total += float(line.split()[-1])
+    if not count:
+        return "no runs recorded"
+    return f"{count:,.0f} onnxruntime runs, {total / count:.1f} sequences per run on average"
+
+
+def _find(results: list[Result], server: str, case: str, conc: int) -> Result | None:
+    for r in results:
+        if r.server == server and r.case.startswith(case) and r.concurrency == conc:
+            return r
+    return None
+
+
+def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
+    print("\ntargets:")
+    step64 = _find(results, "service", "session step", 64)
+    step1 = _find(results, "service", "session step", 1)
+    floor64 = _find(results, "floor", "step", 64)
+    floor1w64 = _find(results, "floor1w", "step", 64)
+    torch64 = _find(results, "torch", "session step", 64)
+    ws64 = _find(results, "service", "ws session step", 64)
+    stream64 = _find(results, "service", "ws stream", 64)
+
+    def line(
+        name: str, value: float | None, target: str, ok: bool | None, kind: str = "target"
+    ) -> None:
+        shown = "n/a" if value is None else f"{value:.2f}"
+        verdict = "not measured" if ok is None else ("met" if ok else "NOT met")
+        print(f"  {name:<44} {shown:>8}  ({kind} {target}: {verdict})")
+
+    r = step64.rps / floor64.rps if step64 and floor64 else None
+    line("step c64 / HTTP floor, stock uvicorn", r, ">= 0.8", None if r is None else r >= 0.8)
+    # the issue's floor is the Starlette route (on stock uvicorn); the same route on the
+    # service's own HTTP protocol is a stricter check of our own
+    r = step64.rps / floor1w64.rps if step64 and floor1w64 else None
+    ok = None if r is None else r >= 0.8
+    line("step c64 / HTTP floor, same protocol", r, ">= 0.8", ok, "own stricter check")
+    r = step64.rps / torch64.rps if step64 and torch64 else None
+    line("step c64 throughput / FastAPI+PyTorch", r, ">= 4", None if r is None else r >= 4)
+    p = step1.p50_ms if step1 else None
+    line("step p50 at concurrency 1 (ms)", p, "< 1", None if p is None else p < 1)
+    scaled = mem["rss_growth_mb"] * 100_000 / idle_n
+    line("MB added by 100k idle sessions", scaled, "< 300", scaled < 300)
+    r = stream64.rps / step64.rps if stream64 and step64 else None
+    line(
+        f"WS stream c64 ({WS_DEPTH} in flight) / HTTP step c64",
+        r,
+        ">= 3",
+        None if r is None else r >= 3,
+    )
+    r = ws64.rps / step64.rps if ws64 and step64 else None
+    print(f"  {'(WS lock-step c64 / HTTP step c64)':<44} {'n/a' if r is None else f'{r:.2f}':>8}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""Per-request context: ``X-Request-ID``, request metrics by route, one access-log line.
+
+``RequestContext`` is shared by the middleware that wraps every FastAPI route and by the
+session-step fast path (``service.http.v1.step``), which answers ahead of FastAPI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+
+access_log = logging.getLogger("service.access")
+
+
+class RequestContext:
+    def __init__(self, metrics: Metrics, log_requests: bool) -> None:
+        self.metrics = metrics
+        self.log_requests = log_requests
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
+
+    def request_id(self, scope: Scope) -> str:
+        """The client's ``X-Request-ID`` (up to 128 characters), else a new one: 32 hex
+        digits, 64 random bits per process and then a counter (no syscall per request)."""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                return self.request_id_of(value)
+        return self.request_id_of(None)
+
+    def request_id_of(self, given: bytes | None) -> str:
+        """``request_id`` from the header's value (None: no such header)."""
+        if given:
+            return given.decode("latin-1")[:128]
+        return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+    def done(self, scope: Scope, route: str, status: int, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(scope["method"], route, status, elapsed)
+        if self.log_requests:
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+
+class RequestContextMiddleware:
+    """Applies ``RequestContext`` to every HTTP request that reaches FastAPI."""
+
+    def __init__(self, app: ASGIApp, context: RequestContext) -> None:
+        self.app = app
+        self.context = context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = self.context.request_id(scope)
+        rid = request_id.encode("latin-1")
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.context.done(scope, path, status, started, request_id)

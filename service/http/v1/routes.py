@@ -1,0 +1,336 @@
+"""The ``/v1`` REST adapter: models, prediction, generation and sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from service.errors import InvalidInput, ServeError
+from service.http.deps import Core, JsonBody, OptionalJsonBody, Owner
+from service.http.problems import problem_of
+from service.http.state import AppState
+from service.http.v1.schemas import (
+    PROBLEM_RESPONSES,
+    CreateSessionBody,
+    ForkBody,
+    GenerateBody,
+    PredictBody,
+    SessionGenerateBody,
+    StepBody,
+    request_body,
+)
+from service.inference.generation import GenStep, Rollout, check_generate_options, rollout
+from service.models.encoding import decode_sequence, parse_body_inputs
+from service.models.manifest import TextInput, is_version_number
+from service.models.registry import LoadedModel
+from service.sessions.manager import SessionManager, session_view
+
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The generated steps; with stream: true, Server-Sent Events",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    }
+}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _version(value: object, where: str = "version") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not is_version_number(value):
+            raise InvalidInput(f"{where} must be a positive integer")
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(f"{where} must be a positive integer")
+    return value
+
+
+def _model_name(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("model must be a model name")
+    return value
+
+
+# -- models -------------------------------------------------------------------------------
+
+
+@router.get("/models", tags=["models"])
+async def list_models(core: Core, owner: Owner) -> Response:
+    reg = core.registry
+    models = []
+    for name in reg.names():
+        m = reg.get(name).manifest
+        models.append(
+            {
+                "name": name,
+                "versions": reg.versions(name),
+                "default_version": reg.default_version(name),
+                "cell": m.cell,
+                "task": m.task,
+                "description": m.description,
+            }
+        )
+    return json_response({"models": models})
+
+
+@router.get("/models/{name}", tags=["models"])
+async def get_model(core: Core, owner: Owner, name: str, version: str | None = None) -> Response:
+    model = core.registry.get(name, _version(version))
+    doc = model.manifest.public(core.registry.versions(name))
+    doc["default_version"] = core.registry.default_version(name)
+    return json_response(doc)
+
+
+@router.post("/models/{name}/predict", tags=["models"], openapi_extra=request_body(PredictBody))
+async def predict(core: Core, owner: Owner, name: str, body: JsonBody) -> Response:
+    model = core.registry.get(name, _version(body.get("version")))
+    mode = body.get("return", "last")
+    if mode not in ("last", "all"):
+        raise InvalidInput("return must be 'last' or 'all'")
+    settings = core.settings
+    seqs, batched = parse_body_inputs(
+        model.manifest, body, settings.max_steps_per_request, settings.max_batch_sequences
+    )
+    results = await core.runner.run(model, seqs)
+    outputs = [
+        decode_sequence(model.manifest, r.outputs, mode, settings.top_k_default, r.wire)
+        for r in results
+    ]
+    return json_response(
+        {
+            "model": model.name,
+            "version": model.version,
+            "outputs": outputs if batched else outputs[0],
+        }
+    )
+
+
+def _context(
+    model: LoadedModel, body: dict[str, Any], max_steps: int, required: bool
+) -> np.ndarray | None:
+    context = body.get("context")
+    if context is None:
+        if required:
+            raise InvalidInput("context is required", code="missing_context")
+        return None
+    key = "text" if isinstance(model.manifest.input, TextInput) else "inputs"
+    seqs, batched = parse_body_inputs(model.manifest, {key: context}, max_steps, 1)
+    if batched:
+        raise InvalidInput("context must be one sequence")
+    return seqs[0]
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidInput("stream must be true or false")
+    return stream
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _sse_stream(
+    steps: AsyncIterator[GenStep], request: Request, end: dict[str, Any], result: Rollout
+) -> AsyncIterator[bytes]:
+    try:
+        async for step in steps:
+            if await request.is_disconnected():
+                return
+            yield _sse("step", {"step": step.index, "output": step.output})
+        if result.text:
+            end = {**end, "text": result.text}
+        yield _sse("end", {**end, "steps": len(result.text) if result.text else end.get("steps")})
+    except ServeError as exc:
+        yield _sse("error", problem_of(exc))
+    finally:
+        await steps.aclose()  # type: ignore[attr-defined]
+
+
+async def _collect(steps: AsyncIterator[GenStep]) -> list[Any]:
+    return [s.output async for s in steps]
+
+
+def _generation_response(
+    request: Request,
+    steps: AsyncIterator[GenStep],
+    stream: bool,
+    head: dict[str, Any],
+    result: Rollout,
+) -> Response | None:
+    if stream:
+        return StreamingResponse(
+            _sse_stream(steps, request, head, result),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return None
+
+
+@router.post("/models/{name}/generate", tags=["models"], openapi_extra=request_body(GenerateBody))
+async def generate(
+    request: Request, core: Core, owner: Owner, name: str, body: JsonBody
+) -> Response:
+    model = core.registry.get(name, _version(body.get("version")))
+    opts = check_generate_options(model, body, core.settings.max_generate_steps)
+    context = _context(model, body, core.settings.max_steps_per_request, required=True)
+    stream = _stream_flag(body)
+    result = Rollout(state={}, last_output=np.zeros(0), fed_steps=0)
+    steps = rollout(core.runner, model, model.zero_state(), None, context, opts, result)
+    head = {"model": model.name, "version": model.version, "steps": opts.steps}
+    streamed = _generation_response(request, steps, stream, head, result)
+    if streamed is not None:
+        return streamed
+    outputs = await _collect(steps)
+    out: dict[str, Any] = {"model": model.name, "version": model.version, "outputs": outputs}
+    if isinstance(model.manifest.input, TextInput):
+        out["text"] = result.text
+    return json_response(out)
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+
+def _session_response(core: AppState, view: dict[str, Any], status: int = 200) -> Response:
+    headers = {"Location": f"/v1/sessions/{view['id']}"} if status == 201 else None
+    return json_response(view, status, headers)
+
+
+@router.post(
+    "/sessions", tags=["sessions"], status_code=201, openapi_extra=request_body(CreateSessionBody)
+)
+async def create_session(core: Core, owner: Owner, body: JsonBody) -> Response:
+    unknown = set(body) - {"model", "version", "ttl_seconds", "state", "steps"}
+    if unknown:
+        raise InvalidInput(f"unknown fields: {sorted(unknown)}")
+    rec = await core.sessions.create(
+        owner,
+        _model_name(body.get("model")),
+        _version(body.get("version")),
+        ttl=body.get("ttl_seconds"),
+        state=body.get("state"),
+        steps=body.get("steps"),
+    )
+    core.metrics.sessions_active.set(await core.store.count())
+    return _session_response(core, session_view(rec), 201)
+
+
+@router.get("/sessions", tags=["sessions"])
+async def list_sessions(core: Core, owner: Owner) -> Response:
+    recs = await core.sessions.list(owner)
+    return json_response({"sessions": [session_view(r) for r in recs]})
+
+
+@router.get("/sessions/{session_id}", tags=["sessions"])
+async def get_session(core: Core, owner: Owner, session_id: str) -> Response:
+    return json_response(session_view(await core.sessions.get(owner, session_id)))
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    tags=["sessions"],
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted"}},
+)
+async def delete_session(core: Core, owner: Owner, session_id: str) -> Response:
+    await core.sessions.delete(owner, session_id)
+    core.metrics.sessions_active.set(await core.store.count())
+    return Response(status_code=204)
+
+
+@router.post("/sessions/{session_id}/step", tags=["sessions"], openapi_extra=request_body(StepBody))
+async def step_session(core: Core, owner: Owner, session_id: str, body: JsonBody) -> Response:
+    result = await core.sessions.step(owner, session_id, body)
+    return Response(result.raw, media_type="application/json")
+
+
+@router.post("/sessions/{session_id}/reset", tags=["sessions"])
+async def reset_session(core: Core, owner: Owner, session_id: str) -> Response:
+    return json_response(session_view(await core.sessions.reset(owner, session_id)))
+
+
+@router.post(
+    "/sessions/{session_id}/fork",
+    tags=["sessions"],
+    status_code=201,
+    openapi_extra=request_body(ForkBody, required=False),
+)
+async def fork_session(
+    core: Core, owner: Owner, session_id: str, body: OptionalJsonBody
+) -> Response:
+    rec = await core.sessions.fork(owner, session_id, ttl=body.get("ttl_seconds"))
+    core.metrics.sessions_active.set(await core.store.count())
+    return _session_response(core, session_view(rec), 201)
+
+
+@router.get("/sessions/{session_id}/state", tags=["sessions"])
+async def get_session_state(core: Core, owner: Owner, session_id: str) -> Response:
+    rec = await core.sessions.get(owner, session_id)
+    return json_response(
+        {
+            "id": rec.id,
+            "model": rec.model,
+            "version": rec.version,
+            "steps": rec.steps,
+            "state": SessionManager.encode_state(rec),
+        }
+    )
+
+
+@router.post(
+    "/sessions/{session_id}/generate",
+    tags=["sessions"],
+    openapi_extra=request_body(SessionGenerateBody),
+    responses=GENERATE_RESPONSES,
+)
+async def generate_session(
+    request: Request, core: Core, owner: Owner, session_id: str, body: JsonBody
+) -> Response:
+    rec = await core.sessions.get(owner, session_id)
+    model = core.sessions.model_of(rec)
+    opts = check_generate_options(model, body, core.settings.max_generate_steps)
+    context = _context(model, body, core.settings.max_steps_per_request, required=False)
+    if context is None and rec.last_output is None:
+        raise InvalidInput(
+            "the session has no steps yet: give a context to generate from", code="missing_context"
+        )
+    advance = body.get("advance", False)
+    if not isinstance(advance, bool):
+        raise InvalidInput("advance must be true or false")
+    stream = _stream_flag(body)
+    result = Rollout(state={}, last_output=np.zeros(0), fed_steps=0)
+    steps = core.sessions.generate(owner, session_id, context, opts, advance, result)
+    head = {"id": session_id, "model": model.name, "version": model.version, "steps": opts.steps}
+    streamed = _generation_response(request, steps, stream, head, result)
+    if streamed is not None:
+        return streamed
+    outputs = await _collect(steps)
+    out: dict[str, Any] = {
+        "id": session_id,
+        "model": model.name,
+        "version": model.version,
+        "outputs": outputs,
+    }
+    if isinstance(model.manifest.input, TextInput):
+        out["text"] = result.text
+    if advance:
+        out["session_steps"] = rec.steps + result.fed_steps
+    return json_response(out)

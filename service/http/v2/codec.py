@@ -1,0 +1,363 @@
+"""The Open Inference Protocol's wire format: JSON tensors and Triton's binary tensor data.
+
+A request body is a JSON header, optionally followed by raw tensor bytes; the header's
+length is then given by ``Inference-Header-Content-Length`` and each binary input says
+its size in ``parameters.binary_data_size``, in input order. Bodies may arrive gzip- or
+deflate-compressed (``Content-Encoding``). Responses mirror this: outputs asked for with
+``binary_data`` (or request-level ``binary_data_output``) follow the JSON header as raw
+little-endian bytes.
+
+Everything a client can get wrong raises ``MalformedRequest`` or ``InvalidInput``
+(both 400 on ``/v2``), never anything else.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.errors import InvalidInput, MalformedRequest, RequestTooLarge
+from service.http.deps import parse_json
+
+HEADER_LENGTH = "inference-header-content-length"
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("bool"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+"""Protocol datatypes with a fixed element size (``BYTES`` is handled separately)."""
+
+_MAX_RANK = 8
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray
+    """Fixed-size datatypes: the values in ``shape``; ``BYTES``: a flat object array of bytes."""
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None
+    """The output's own ``binary_data`` parameter, None when it does not say."""
+
+
+@dataclass
+class InferRequest:
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] | None
+    """None when the request names no outputs: every output is returned."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+    @property
+    def binary_output_default(self) -> bool:
+        return self.parameters.get("binary_data_output") is True
+
+
+# -- request body ------------------------------------------------------------------------
+
+
+def decompress(raw: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (gzip, deflate), refusing output larger than ``limit``."""
+    enc = (encoding or "").strip().lower()
+    if enc in ("", "identity"):
+        return raw
+    if enc in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif enc == "deflate":
+        wbits = zlib.MAX_WBITS if raw[:1] and (raw[0] & 0x0F) == 8 else -zlib.MAX_WBITS
+    else:
+        raise MalformedRequest(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(raw, limit + 1)
+        if len(out) > limit or d.unconsumed_tail:
+            raise RequestTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+        out += d.flush()
+    except zlib.error as exc:
+        raise MalformedRequest(f"request body is not valid {enc} data: {exc}") from exc
+    if not d.eof:
+        raise MalformedRequest(f"request body is truncated {enc} data")
+    return out
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tail, by ``Inference-Header-Content-Length``."""
+    if header_length is None:
+        return body, b""
+    try:
+        n = int(header_length.strip())
+    except ValueError as exc:
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+        ) from exc
+    if n <= 0 or n > len(body):
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
+        )
+    return body[:n], body[n:]
+
+
+def _shape(value: object, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > _MAX_RANK:
+        raise InvalidInput(f"{where}: shape must be a list of at most {_MAX_RANK} dimensions")
+    for d in value:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise InvalidInput(f"{where}: shape dimensions must be non-negative integers")
+    return tuple(value)
+
+
+def _flat_data(data: object, shape: tuple[int, ...], where: str) -> list[Any]:
+    """``data`` as a flat row-major list: given flat, or nested exactly as ``shape``."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: data must be a list")
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+
+    def walk(node: object, dims: tuple[int, ...]) -> None:
+        if not dims:
+            if isinstance(node, list):
+                raise InvalidInput(f"{where}: nested data is deeper than shape {list(shape)}")
+            out.append(node)
+            return
+        if not isinstance(node, list) or len(node) != dims[0]:
+            raise InvalidInput(f"{where}: nested data does not match shape {list(shape)}")
+        for item in node:
+            walk(item, dims[1:])
+
+    walk(data, shape)
+    return out
+
+
+def _json_numbers(
+    data: object, dtype: np.dtype[Any], shape: tuple[int, ...], where: str
+) -> np.ndarray:
+    count = math.prod(shape)
+    flat = _flat_data(data, shape, where)
+    if len(flat) != count:
+        raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(flat)}")
+    if dtype.kind == "b":
+        if not all(isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"{where}: BOOL data must be true or false")
+        return np.asarray(flat, dtype=dtype)
+    for v in flat:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise InvalidInput(f"{where}: data must be numbers, got {type(v).__name__}")
+        if dtype.kind in "iu" and not isinstance(v, int):
+            raise InvalidInput(f"{where}: integer datatype needs integer data")
+    try:
+        arr = np.asarray(flat, dtype=dtype)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"{where}: data does not fit the datatype: {exc}") from exc
+    if dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InvalidInput(f"{where}: data must be finite (no NaN or Infinity)")
+    return arr
+
+
+def _json_bytes(data: object, shape: tuple[int, ...], where: str) -> np.ndarray:
+    count = math.prod(shape)
+    flat = _flat_data(data, shape, where)
+    if len(flat) != count:
+        raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(flat)}")
+    if not all(isinstance(v, str) for v in flat):
+        raise InvalidInput(f"{where}: BYTES data must be strings")
+    return np.asarray([v.encode() for v in flat] or [], dtype=object)
+
+
+def deserialize_bytes(raw: bytes, count: int, where: str) -> np.ndarray:
+    """Triton's BYTES serialisation: per element a little-endian uint32 length, then the bytes."""
+    items: list[bytes] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise InvalidInput(f"{where}: truncated BYTES element length")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise InvalidInput(f"{where}: BYTES element of {n} bytes overruns the data")
+        items.append(raw[pos : pos + n])
+        pos += n
+    if len(items) != count:
+        raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(items)}")
+    return np.asarray(items or [], dtype=object)
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def _params(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: parameters must be an object")
+    return value
+
+
+def parse_request(header: bytes, binary: bytes) -> InferRequest:
+    """Parse the JSON header and slice the binary tail into the inputs that claim it."""
+    if not header.strip():
+        raise MalformedRequest("request body is empty; send an inference request")
+    doc = parse_json(header)
+    if not isinstance(doc, dict):
+        raise MalformedRequest("inference request must be a JSON object")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("id must be a string")
+    parameters = _params(doc.get("parameters"), "request")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("inputs must be a non-empty list of tensors")
+    inputs: list[InputTensor] = []
+    offset = 0
+    seen: set[str] = set()
+    for i, t in enumerate(raw_inputs):
+        if not isinstance(t, dict):
+            raise InvalidInput(f"inputs[{i}] must be an object")
+        name = t.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"inputs[{i}]: name must be a non-empty string")
+        where = f"input '{name}'"
+        if name in seen:
+            raise InvalidInput(f"{where} is given more than once")
+        seen.add(name)
+        datatype = t.get("datatype")
+        if not isinstance(datatype, str) or (datatype not in DTYPES and datatype != "BYTES"):
+            raise InvalidInput(f"{where}: unsupported datatype {datatype!r}")
+        shape = _shape(t.get("shape"), where)
+        count = math.prod(shape)
+        params = _params(t.get("parameters"), where)
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+            if "data" in t:
+                raise InvalidInput(f"{where}: give either data or binary_data_size, not both")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"{where}: binary_data_size {size} overruns the {len(binary) - offset} "
+                    "bytes of binary data left"
+                )
+            chunk = binary[offset : offset + size]
+            offset += size
+            if datatype == "BYTES":
+                array = deserialize_bytes(chunk, count, where)
+            else:
+                dtype = DTYPES[datatype]
+                if size != count * dtype.itemsize:
+                    raise InvalidInput(
+                        f"{where}: shape {list(shape)} of {datatype} needs "
+                        f"{count * dtype.itemsize} bytes, binary_data_size is {size}"
+                    )
+                array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+                if dtype.kind == "f" and not np.isfinite(array).all():
+                    raise InvalidInput(f"{where}: data must be finite (no NaN or Infinity)")
+        elif "data" in t:
+            if datatype == "BYTES":
+                array = _json_bytes(t["data"], shape, where)
+            else:
+                array = _json_numbers(t["data"], DTYPES[datatype], shape, where).reshape(shape)
+        else:
+            raise InvalidInput(f"{where}: no data and no binary_data_size")
+        inputs.append(InputTensor(name, datatype, shape, array))
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
+        )
+    return InferRequest(inputs, _requested_outputs(doc.get("outputs")), parameters, request_id)
+
+
+def _requested_outputs(value: object) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidInput("outputs must be a list")
+    result: list[RequestedOutput] = []
+    for i, o in enumerate(value):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise InvalidInput(f"outputs[{i}] must be an object with a name")
+        params = _params(o.get("parameters"), f"output '{o['name']}'")
+        if params.get("classification"):
+            raise InvalidInput("the classification extension is not supported")
+        binary = params.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidInput(f"output '{o['name']}': binary_data must be true or false")
+        result.append(RequestedOutput(o["name"], binary))
+    return result
+
+
+# -- response body -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    array: np.ndarray
+    """float32 values (this service only returns FP32 tensors)."""
+    binary: bool
+
+
+def encode_response(
+    model_name: str,
+    model_version: int,
+    outputs: list[OutputTensor],
+    request_id: str | None = None,
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length."""
+    tensors: list[dict[str, Any]] = []
+    tail: list[bytes] = []
+    for out in outputs:
+        arr = np.ascontiguousarray(out.array, dtype="<f4")
+        doc: dict[str, Any] = {"name": out.name, "datatype": "FP32", "shape": list(arr.shape)}
+        if out.binary:
+            raw = arr.tobytes()
+            doc["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:
+            doc["data"] = arr.reshape(-1)
+        tensors.append(doc)
+    head: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request_id is not None:
+        head["id"] = request_id
+    head["outputs"] = tensors
+    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not tail:
+        return header, None
+    return header + b"".join(tail), len(header)
+
+
+def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+    """Compress a response when the client asked for gzip or deflate (gzip preferred)."""
+    accepted = {
+        part.split(";")[0].strip().lower()
+        for part in (accept_encoding or "").split(",")
+        if part.strip() and not part.strip().endswith("q=0")
+    }
+    if "gzip" in accepted:
+        return gzip.compress(body, compresslevel=5), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body, 5), "deflate"
+    return body, None
