@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 from service.errors import ServeError
 from service.http import health, websocket
 from service.http.context import RequestContext, RequestContextMiddleware
+from service.http.docs_ui import mount_docs_ui
 from service.http.problems import (
     client_disconnect_handler,
     http_error_handler,
@@ -140,6 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = ServeApp(
         title="lstm-serve",
+        docs_url=None,
+        redoc_url=None,
         version="0.1.0",
         description="Inference for recurrent sequence models with stateful sessions.",
         lifespan=lifespan,
@@ -152,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
+    mount_docs_ui(app)
     app.include_router(health.router)
     app.include_router(v1_routes.router)
     app.include_router(websocket.router)
