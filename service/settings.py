@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger answers 413 before it is read whole."""
 
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """Largest response one request may produce, estimated from its shapes (sequences,
+    steps, outputs and their encoding) before the model runs; more answers 413
+    (``response_too_large``). It bounds the server's memory per request too: a response
+    is built whole, with about as much again in working arrays."""
+
     api_keys: str = ""
     """Comma-separated API keys; empty means no authentication."""
 
