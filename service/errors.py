@@ -12,8 +12,10 @@ Every error a client can cause, or that the service must report, is one of these
     ├── SessionGone           expired or evicted, within the tombstone window (410)
     ├── OffsetConflict        offset differs from the session's steps (409)
     ├── CapacityReached       session limit, overall or per key (429, Retry-After)
+    │   └── TooManyStreams    open streams per key (429; a WebSocket closes 1013)
     ├── RateLimited           request rate per key (429, Retry-After)
-    ├── RequestTooLarge       body over the limit (413)
+    ├── RequestTooLarge       body or frame over the limit (413)
+    ├── UnsupportedMediaType  body not sent as the content type the door takes (415)
     ├── Unauthorized          missing or wrong API key (401)
     ├── StoreUnavailable      the session store does not answer (503, Retry-After)
     ├── NotReady              models not loaded yet (503)
@@ -90,6 +92,11 @@ class CapacityReached(ServeError):
         self.retry_after = retry_after
 
 
+class TooManyStreams(CapacityReached):
+    code = "too_many_streams"
+    title = "Too many streams"
+
+
 class RateLimited(ServeError):
     code = "rate_limited"
     title = "Too many requests"
@@ -102,6 +109,11 @@ class RateLimited(ServeError):
 class RequestTooLarge(ServeError):
     code = "request_too_large"
     title = "Request too large"
+
+
+class UnsupportedMediaType(ServeError):
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
 
 
 class Unauthorized(ServeError):

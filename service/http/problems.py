@@ -30,6 +30,7 @@ from service.errors import (
     SessionNotFound,
     StoreUnavailable,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ _STATUS: list[tuple[type[ServeError], int]] = [
     (OffsetConflict, 409),
     (SessionGone, 410),
     (RequestTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (CapacityReached, 429),
     (RateLimited, 429),
     (StoreUnavailable, 503),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from service.http.gate import Gate
 from service.http.rate_limit import RateLimiter
 from service.inference.runner import Runner
 from service.metrics import Metrics
@@ -35,6 +36,12 @@ class AppState:
     draining: bool = False
     streams: set[OpenStream] = field(default_factory=set)
     """Open WebSocket streams, closed with 1001 when the server shuts down."""
+    gate: Gate = field(init=False)
+    """Every rule a request or frame must pass (``service.http.gate``), for every door."""
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.gate = Gate(self.api_keys, self.rate_limiter, s.max_body_bytes, s.max_streams_per_key)
 
     def streams_of(self, owner: str) -> int:
         return sum(1 for s in self.streams if s.owner == owner)
