@@ -6,8 +6,10 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,8 +51,43 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # pydantic ValidationError: print it plainly and stop
         print(f"lstm-serve: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    problem = check_model_store(settings.model_store)
+    if problem is not None:
+        print(f"lstm-serve: {problem}", file=sys.stderr)
+        return 2
     serve(create_app(settings), args.host, args.port, args.graceful_timeout)
     return 0
+
+
+def check_model_store(root: Path) -> str | None:
+    """Why the server cannot start on ``root`` (missing, not a folder), or None.
+
+    An existing but empty store is allowed (models can be added and reloaded with SIGHUP),
+    with a warning, since the server stays not-ready until a version is there.
+    """
+    from service.settings import DEFAULT_MODEL_STORE
+
+    hint = (
+        " (the default store is the source tree's model_store/, which a non-editable install"
+        " does not include)"
+        if root == DEFAULT_MODEL_STORE
+        else ""
+    )
+    if not root.exists():
+        return (
+            f"model store {root} does not exist{hint}; "
+            "set LSTM_SERVE_MODEL_STORE to a directory of <name>/<version>/ models"
+        )
+    if not root.is_dir():
+        return f"model store {root} is not a directory; set LSTM_SERVE_MODEL_STORE"
+    if not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        logging.getLogger("service").warning(
+            "model store %s is empty: no model is served and /readyz answers 503 until a "
+            "version is added and the store reloaded (SIGHUP)",
+            root,
+            extra={"model_store": str(root)},
+        )
+    return None
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -59,9 +96,16 @@ def _models(args: argparse.Namespace) -> int:
 
     root = Settings().model_store
     result = scan(root)
-    print(f"{'NAME':<20} {'VERSION':>7}  {'CELL':<5} {'TASK':<15} HEADLINE METRIC (baselines)")
+    defaults: dict[str, int] = {}
+    for v in result.versions:
+        defaults[v.manifest.name] = max(v.manifest.version, defaults.get(v.manifest.name, 0))
+    print(
+        f"{'NAME':<20} {'VERSION':>7}  {'DEFAULT':<7}  {'CELL':<5} {'TASK':<15} "
+        "HEADLINE METRIC (baselines)"
+    )
     for v in result.versions:
         m = v.manifest
+        default = "*" if defaults[m.name] == m.version else ""
         headline = m.headline_metric or ""
         value = m.metrics.get(headline)
         baselines = ", ".join(
@@ -72,7 +116,7 @@ def _models(args: argparse.Namespace) -> int:
         shown = f"{headline} {value:.4g}" if value is not None else "-"
         if baselines:
             shown += f" ({baselines})"
-        print(f"{m.name:<20} {m.version:>7}  {m.cell:<5} {m.task:<15} {shown}")
+        print(f"{m.name:<20} {m.version:>7}  {default:<7}  {m.cell:<5} {m.task:<15} {shown}")
     for err in result.errors:
         print(f"refused: {err}", file=sys.stderr)
     return 0 if result.versions else 1
@@ -86,13 +130,32 @@ _DELEGATED: dict[str, tuple[str, str]] = {
 }
 """Subcommands implemented elsewhere, imported only when used (torch only for train/import)."""
 
+_EXTRAS: dict[str, str] = {"train": "train", "import": "import"}
+"""The optional extra each delegated subcommand needs beyond the runtime."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # onnxruntime's telemetry (on by default) writes an ANSI-coloured, non-JSON line to
+    # stderr when HOME is not writable; it must be turned off before onnxruntime is
+    # imported, here and in the model process (which inherits the environment).
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     if argv and argv[0] in _DELEGATED:
         module, function = _DELEGATED[argv[0]]
-        handler: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
-        return handler(argv[1:])
+        try:
+            handler: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+            return handler(argv[1:])
+        except ModuleNotFoundError as exc:
+            extra = _EXTRAS.get(argv[0])
+            if extra is None or (exc.name or "").split(".")[0] == "service":
+                raise
+            print(
+                f"lstm-serve {argv[0]} needs the '{extra}' extra (missing module: {exc.name}).\n"
+                f"Install it with: pip install 'lstm-serve[{extra}]'"
+                f"  (in a checkout: pip install -e '.[{extra}]')",
+                file=sys.stderr,
+            )
+            return 2
 
     parser = argparse.ArgumentParser(prog="lstm-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -113,6 +113,24 @@ def session_body(
     return body
 
 
+def predict_body(
+    inputs: Any, text: str | list[str] | None, return_: str, version: int | None
+) -> dict[str, Any]:
+    """A predict body; a string (or a list of strings) given as ``inputs`` is sent as text."""
+    if text is None and (
+        isinstance(inputs, str)
+        or (isinstance(inputs, list) and inputs and all(isinstance(x, str) for x in inputs))
+    ):
+        inputs, text = None, inputs
+    if (inputs is None) == (text is None):
+        raise ValueError("give either inputs or text")
+    body: dict[str, Any] = {"return": return_}
+    body.update({"text": text} if text is not None else {"inputs": inputs})
+    if version is not None:
+        body["version"] = version
+    return body
+
+
 def generate_body(
     context: Any,
     steps: int,

@@ -23,6 +23,7 @@ from service.client._wire import (
     dumps,
     event_error,
     generate_body,
+    predict_body,
     retry_after,
     retryable,
     retryable_transport,
@@ -121,12 +122,7 @@ class AsyncClient:
         return_: str = "last",
         version: int | None = None,
     ) -> Any:
-        if (inputs is None) == (text is None):
-            raise ValueError("give either inputs or text")
-        body: dict[str, Any] = {"return": return_}
-        body.update({"text": text} if text is not None else {"inputs": inputs})
-        if version is not None:
-            body["version"] = version
+        body = predict_body(inputs, text, return_, version)
         return (await self._json("POST", f"/v1/models/{model}/predict", body))["outputs"]
 
     async def generate(

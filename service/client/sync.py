@@ -21,6 +21,7 @@ from service.client._wire import (
     dumps,
     event_error,
     generate_body,
+    predict_body,
     retry_after,
     retryable,
     retryable_transport,
@@ -126,12 +127,7 @@ class Client:
         version: int | None = None,
     ) -> Any:
         """Stateless prediction; ``return_="all"`` gives one output per step."""
-        if (inputs is None) == (text is None):
-            raise ValueError("give either inputs or text")
-        body: dict[str, Any] = {"return": return_}
-        body.update({"text": text} if text is not None else {"inputs": inputs})
-        if version is not None:
-            body["version"] = version
+        body = predict_body(inputs, text, return_, version)
         return self._json("POST", f"/v1/models/{model}/predict", body)["outputs"]
 
     def generate(
