@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -129,8 +130,18 @@ def _context(
         if required:
             raise InvalidInput("context is required", code="missing_context")
         return None
-    key = "text" if isinstance(model.manifest.input, TextInput) else "inputs"
-    seqs, batched = parse_body_inputs(model.manifest, {key: context}, max_steps, 1)
+    takes_text = isinstance(model.manifest.input, TextInput)
+    if isinstance(context, str) != takes_text and isinstance(context, str | list):
+        wanted = "a string" if takes_text else "feature rows [[f1, ..., fF], ...], not text"
+        raise InvalidInput(
+            f"context: model {model.manifest.name!r} takes {wanted}", code="wrong_input_kind"
+        )
+    key = "text" if takes_text else "inputs"
+    try:
+        seqs, batched = parse_body_inputs(model.manifest, {key: context}, max_steps, 1)
+    except InvalidInput as exc:  # name the field the client sent
+        detail = re.sub(r"^(inputs|text)\b", "context", exc.detail)
+        raise InvalidInput(detail, code=exc.code, **exc.extra) from exc
     if batched:
         raise InvalidInput("context must be one sequence")
     return seqs[0]
