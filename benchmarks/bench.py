@@ -10,9 +10,7 @@ more than a round apart (this machine's speed drifts):
   bundled store lacks it): session step, predict, WebSocket steps in lock-step (one frame
   in flight per socket) and streamed (``WS_DEPTH`` frames in flight per socket);
 - ``floor``: ``benchmarks/floor_app.py``, a bare Starlette route that parses the same
-  body and answers a step-shaped reply with no model, on stock uvicorn; ``floor1w``: the
-  same on the HTTP protocol the service runs (``service.http.protocol``, one write per
-  response), the floor of the service's own stack;
+  body and answers a step-shaped reply with no model, on stock uvicorn;
 - ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
   states and the same model shape (skipped when torch is not installed).
 
@@ -288,7 +286,7 @@ def idle_session_memory(store: Path, model_name: str, count: int) -> dict[str, f
     from service.inference.runner import Runner
     from service.models.registry import ModelRegistry
     from service.sessions.manager import SessionManager
-    from service.sessions.store import MemoryStore
+    from service.sessions.memory import MemoryStore
     from service.settings import Settings
 
     reg = ModelRegistry(store, 1)
@@ -437,11 +435,8 @@ def main(argv: list[str]) -> int:
             steppers.append(("service", "session step", service_port, service_ids))
         others: list[tuple[str, str, list[str]]] = []
         if "floor" in only:
-            # the floor on stock uvicorn, and on the HTTP protocol lstm-serve runs (one
-            # write per response): the second is the floor of the service's own stack
             floor = [sys.executable, str(BENCH_DIR / "floor_app.py")]
             others.append(("floor", "step (no model)", floor))
-            others.append(("floor1w", "step, one write", [*floor, "--one-write"]))
         if "torch" in only:
             if have_torch:
                 torch_cmd = [sys.executable, str(BENCH_DIR / "torch_baseline.py")]
@@ -600,7 +595,6 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
     step64 = _find(results, "service", "session step", 64)
     step1 = _find(results, "service", "session step", 1)
     floor64 = _find(results, "floor", "step", 64)
-    floor1w64 = _find(results, "floor1w", "step", 64)
     torch64 = _find(results, "torch", "session step", 64)
     ws64 = _find(results, "service", "ws session step", 64)
     stream64 = _find(results, "service", "ws stream", 64)
@@ -614,11 +608,6 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
 
     r = step64.rps / floor64.rps if step64 and floor64 else None
     line("step c64 / HTTP floor, stock uvicorn", r, ">= 0.8", None if r is None else r >= 0.8)
-    # the floor is the Starlette route (on stock uvicorn); the same route on the
-    # service's own HTTP protocol is a stricter check of our own
-    r = step64.rps / floor1w64.rps if step64 and floor1w64 else None
-    ok = None if r is None else r >= 0.8
-    line("step c64 / HTTP floor, same protocol", r, ">= 0.8", ok, "own stricter check")
     r = step64.rps / torch64.rps if step64 and torch64 else None
     line("step c64 throughput / FastAPI+PyTorch", r, ">= 4", None if r is None else r >= 4)
     p = step1.p50_ms if step1 else None

@@ -48,20 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8101)
-    parser.add_argument(
-        "--one-write",
-        action="store_true",
-        help="serve with lstm-serve's HTTP protocol (one write per response) instead of stock",
-    )
     args = parser.parse_args()
-    http: Any = "auto"
-    if args.one_write:
-        from service.http.protocol import ServeHttpProtocol
-
-        http = ServeHttpProtocol
-    uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False, http=http
-    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,19 @@ class Settings(BaseSettings):
     request_log: bool = True
     """Write one structured access-log line per request."""
 
+    max_connections: int = Field(default=1000, ge=1)
+    """Open HTTP and WebSocket connections the server holds at once. Connections over it
+    wait in the listen backlog, unread, until one closes; it bounds the file descriptors
+    and memory that idle or slow clients can claim."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0.0, le=60.0)
+    """Time a client has to send a request's whole header, on a new connection and between
+    requests on a kept-alive one; the server closes the connection after it."""
+
+    max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024)
+    """Largest request head (request line and headers together); larger answers 431 and
+    the connection is closed."""
+
     @field_validator("session_store")
     @classmethod
     def _store_url(cls, v: str) -> str:

@@ -8,11 +8,13 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 from service.errors import ServeError
 from service.http import health, websocket
@@ -28,13 +30,14 @@ from service.http.problems import (
 from service.http.rate_limit import RateLimiter
 from service.http.state import AppState
 from service.http.v1 import routes as v1_routes
-from service.http.v1.step import FastStep, ServeApp
+from service.http.v1 import step as v1_step
 from service.http.v2 import routes as v2_routes
 from service.inference.runner import Runner
 from service.metrics import Metrics
 from service.models.registry import ModelRegistry
 from service.sessions.manager import SessionManager
-from service.sessions.store import MemoryStore, SessionStore
+from service.sessions.memory import MemoryStore
+from service.sessions.store import SessionStore
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -139,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.close()
             await store.close()
 
-    app = ServeApp(
+    app = FastAPI(
         title="lstm-serve",
         docs_url=None,
         redoc_url=None,
@@ -150,6 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # instrumentation would cost 3-8% of a session step's CPU for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.settings = settings  # the server reads its WebSocket frame limit here
+    app.state.settings = settings
     app.add_exception_handler(ServeError, serve_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
@@ -157,10 +162,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unhandled_error_handler)
     mount_docs_ui(app)
     app.include_router(health.router)
+    app.router.routes.append(
+        Route(v1_step.ROUTE, v1_step.StepEndpoint(), methods=["POST"], name="step_session")
+    )
     app.include_router(v1_routes.router)
     app.include_router(websocket.router)
     app.include_router(v2_routes.router)
     context = RequestContext(metrics, settings.request_log)
     app.add_middleware(RequestContextMiddleware, context=context)
-    app.fast_step = FastStep(context)
+    document_step(app)
     return app
+
+
+def document_step(app: FastAPI) -> None:
+    """Add the session step (a plain Starlette route, which FastAPI does not describe) to
+    the app's OpenAPI document, as FastAPI's guide to extending OpenAPI does."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema["paths"].setdefault(v1_step.ROUTE, {}).setdefault(
+            "post", v1_step.openapi_operation()
+        )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,7 +1,9 @@
 """Per-request context: ``X-Request-ID``, request metrics by route, one access-log line.
 
-``RequestContext`` is shared by the middleware that wraps every FastAPI route and by the
-session-step fast path (``service.http.v1.step``), which answers ahead of FastAPI.
+``RequestContextMiddleware`` (pure ASGI) wraps every HTTP route of the app, the session
+step included. The access log records the path without its query string, so a credential
+sent as a query parameter never reaches it (``service.redaction`` cleans every log line
+besides).
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ class RequestContext:
             )
 
 
+def route_of(scope: Scope) -> str:
+    """The matched route's path template (``/v1/sessions/{session_id}``), for metrics and
+    the access log; an endpoint without a route object in the scope may name it as
+    ``path``."""
+    route = scope.get("route")
+    path = getattr(route, "path", None) or getattr(scope.get("endpoint"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
 class RequestContextMiddleware:
     """Applies ``RequestContext`` to every HTTP request that reaches FastAPI."""
 
@@ -82,6 +93,4 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.context.done(scope, path, status, started, request_id)
+            self.context.done(scope, route_of(scope), status, started, request_id)

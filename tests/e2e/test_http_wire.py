@@ -1,8 +1,7 @@
 """The session step on the wire, over raw sockets against a real server.
 
-The server answers ``POST /v1/sessions/{id}/step`` without uvicorn's ASGI request cycle
-(``service.http.protocol.ServeHttpProtocol``); a request pipelined behind another still
-goes through ASGI. These tests hold that path to what HTTP/1.1 clients rely on.
+The step is the hot path and a route of its own (``service.http.v1.step``); these tests
+hold it, as the HTTP server serves it, to what HTTP/1.1 clients rely on.
 """
 
 from __future__ import annotations
