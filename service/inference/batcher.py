@@ -3,7 +3,7 @@
 Every ``Runner.run`` call becomes one *call* here: its sequences, their starting states
 and a future. Calls for one model version wait in that version's queue and go to an
 ``Executor`` together, as one batch, with the states stacked on the batch axis: worker
-threads here (``ThreadExecutor``) or child processes (``service.inference.model_process``).
+threads here (``ThreadExecutor``) or child processes (``service.inference.worker``).
 
 When to run:
 - nothing in flight for the model: the queue is dispatched at the end of the event-loop
@@ -54,7 +54,10 @@ class SeqResult(NamedTuple):
 
 
 @dataclass(eq=False, slots=True)
-class _Call:
+class Call:
+    """One ``ModelBatcher.submit``: its sequences, their starting states, its ordering key
+    and the future its results go to. Executors get a batch as a list of these."""
+
     seqs: Sequence[np.ndarray]
     states: Sequence[State]
     key: Hashable | None
@@ -62,7 +65,8 @@ class _Call:
     queued: float = field(default_factory=time.perf_counter)
 
 
-_Outcome = list[SeqResult] | BaseException
+Outcome = list[SeqResult] | BaseException
+"""A call's results, one per sequence, or the error that failed it."""
 
 
 def run_grouped(
@@ -107,7 +111,7 @@ def run_grouped(
     return [r for r in results if r is not None]
 
 
-def _run_calls(model: LoadedModel, calls: list[_Call], metrics: Metrics | None) -> list[_Outcome]:
+def _run_calls(model: LoadedModel, calls: list[Call], metrics: Metrics | None) -> list[Outcome]:
     """The worker-thread side: one batch for all calls, or each call alone if that fails."""
     seqs: list[np.ndarray] = []
     states: list[State] = []
@@ -122,13 +126,13 @@ def _run_calls(model: LoadedModel, calls: list[_Call], metrics: Metrics | None) 
         if len(calls) == 1:
             return [exc]
     else:
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         at = 0
         for call in calls:
             outcomes.append(flat[at : at + len(call.seqs)])
             at += len(call.seqs)
         return outcomes
-    alone: list[_Outcome] = []
+    alone: list[Outcome] = []
     for call in calls:
         try:
             alone.append(
@@ -141,8 +145,8 @@ def _run_calls(model: LoadedModel, calls: list[_Call], metrics: Metrics | None) 
 
 _Job = tuple[
     asyncio.AbstractEventLoop,
-    Callable[[], list[_Outcome]],
-    Callable[[list[_Outcome] | BaseException], None],
+    Callable[[], list[Outcome]],
+    Callable[[list[Outcome] | BaseException], None],
 ]
 
 
@@ -167,15 +171,15 @@ class Workers:
     def submit(
         self,
         loop: asyncio.AbstractEventLoop,
-        fn: Callable[[], list[_Outcome]],
-        done: Callable[[list[_Outcome] | BaseException], None],
+        fn: Callable[[], list[Outcome]],
+        done: Callable[[list[Outcome] | BaseException], None],
     ) -> None:
         self._queue.put((loop, fn, done))
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             loop, fn, done = job
-            result: list[_Outcome] | BaseException
+            result: list[Outcome] | BaseException
             try:
                 result = fn()
             except BaseException as exc:
@@ -191,16 +195,16 @@ class Workers:
             thread.join()
 
 
-Done = Callable[[list[_Outcome] | BaseException], None]
+Done = Callable[[list[Outcome] | BaseException], None]
 """Called on the event loop with each call's outcome (in order), or one error for all."""
 
 
 class Executor(Protocol):
     """Where batches run: worker threads here, or a child process
-    (``service.inference.model_process``)."""
+    (``service.inference.worker``)."""
 
     def submit(
-        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, calls: list[_Call], done: Done
+        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, calls: list[Call], done: Done
     ) -> None:
         """Run ``calls`` as one batch and call ``done`` on ``loop`` with the outcomes."""
 
@@ -216,7 +220,7 @@ class ThreadExecutor:
         self._metrics = metrics
 
     def submit(
-        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, calls: list[_Call], done: Done
+        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, calls: list[Call], done: Done
     ) -> None:
         metrics = self._metrics
         self._workers.submit(loop, lambda: _run_calls(model, calls, metrics), done)
@@ -241,7 +245,7 @@ class ModelBatcher:
         self._max_size = max_size
         self._max_wait = max_wait
         self._max_inflight = max_inflight
-        self._pending: deque[_Call] = deque()
+        self._pending: deque[Call] = deque()
         self._pending_seqs = 0
         self._inflight = 0
         self._inflight_keys: set[Hashable] = set()
@@ -275,7 +279,7 @@ class ModelBatcher:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        call = _Call(seqs, states, key, loop.create_future())
+        call = Call(seqs, states, key, loop.create_future())
         self._pending.append(call)
         self._pending_seqs += len(seqs)
         if not self._flush_soon:
@@ -313,11 +317,11 @@ class ModelBatcher:
 
     def _start_batch(self) -> bool:
         """Take queued calls (FIFO, one per key, no key already running) into one batch."""
-        batch: list[_Call] = []
+        batch: list[Call] = []
         keys: set[Hashable] = set()
         skipped: set[Hashable] = set()
         size = 0
-        kept: deque[_Call] = deque()
+        kept: deque[Call] = deque()
         pending = self._pending
         while pending:
             call = pending.popleft()
@@ -354,7 +358,7 @@ class ModelBatcher:
         return True
 
     def _finish(
-        self, batch: list[_Call], keys: set[Hashable], result: list[_Outcome] | BaseException
+        self, batch: list[Call], keys: set[Hashable], result: list[Outcome] | BaseException
     ) -> None:
         self._inflight -= 1
         self._inflight_keys -= keys

@@ -4,7 +4,7 @@ Every inference — predict, session steps, generation, ``/v2`` infer — calls
 ``Runner.run``. It takes whole sequences (ragged lengths allowed) with their starting
 states and gives back per-step outputs and final states. Concurrent calls for one model
 version are gathered by the sequence batcher (``service.inference.batcher``) into shared
-onnxruntime runs, on worker threads or in child processes (``service.inference.model_process``),
+onnxruntime runs, on worker threads or in child processes (``service.inference.worker``),
 so the event loop never blocks.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterable, Sequence
 import numpy as np
 
 from service.inference.batcher import Batcher, Executor, SeqResult, ThreadExecutor, run_grouped
-from service.inference.model_process import ProcessExecutor
+from service.inference.worker.pool import ProcessExecutor
 from service.metrics import Metrics
 from service.models.registry import LoadedModel, State
 

@@ -1,4 +1,4 @@
-"""onnxruntime in child processes (``service.inference.model_process``): the same answers as in
+"""onnxruntime in child processes (``service.inference.worker``): the same answers as in
 process, failures confined to their call, a dead child costing one batch and no state."""
 
 from __future__ import annotations
@@ -15,8 +15,21 @@ import pytest
 
 from service.errors import InferenceError, NotReady
 from service.inference.batcher import SeqResult
-from service.inference.model_process import ProcessExecutor, _pack, _Raw, _stacked, _unpack
 from service.inference.runner import Runner, run_sync
+from service.inference.worker.pool import ProcessExecutor
+from service.inference.worker.protocol import (
+    Failure,
+    Group,
+    GroupOut,
+    Ran,
+    RanAlone,
+    Reply,
+    Run,
+    decode,
+    encode,
+    frame_size,
+    stacked,
+)
 from service.metrics import Metrics
 from service.models.registry import LoadedModel, ModelRegistry
 from service.sessions.manager import SessionManager
@@ -77,19 +90,44 @@ def test_frames_carry_arrays_of_any_dtype_and_shape() -> None:
         np.arange(12, dtype=np.float32).reshape(3, 1, 4),
         np.arange(5, dtype=np.int64),
         np.zeros((0, 2), dtype=np.float32),
-        np.arange(6, dtype=np.float32).reshape(2, 3).T,  # not contiguous
+        np.arange(6, dtype=np.float32).reshape(2, 3).T,  # not C-contiguous (F: out of band)
+        np.arange(9, dtype=np.float32)[::2],  # not contiguous at all: inside the pickle
+        np.arange(3, dtype=np.int8),  # 3 bytes: the next buffer is padded
     ]
-    message, back = _unpack(bytearray(_pack(("run", "m:1", ["h"], 1), arrays)))
-    assert message == ("run", "m:1", ["h"], 1)
-    for a, b in zip(arrays, back, strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
-        assert b.flags.writeable
+    run = Run(
+        "m:1",
+        [
+            Group(a, {"h": b, "c": a}, np.zeros(1, np.int32))
+            for a, b in zip(arrays, arrays[1:] + arrays[:1], strict=True)
+        ],
+    )
+    frame = bytearray(encode(run))
+    assert frame_size(frame) == len(frame)
+    back = decode(frame)
+    assert isinstance(back, Run) and back.key == "m:1"
+    for sent, got in zip(run.groups, back.groups, strict=True):
+        for a, b in [(sent.x, got.x), (sent.states["h"], got.states["h"])]:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+            assert b.flags.writeable and b.flags.aligned
+        assert got.states["c"] is got.x, "an array sent twice arrives once"
 
 
-def test_rows_are_stacked_as_joined_bytes_only_when_that_is_exact() -> None:
-    """``_stacked`` joins the rows' bytes when they are C-contiguous arrays of one dtype
-    and shape; anything else is stacked by numpy, as before (and fails as numpy does)."""
+def test_every_reply_survives_the_trip() -> None:
+    y = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+    out = GroupOut(y, None, {"h": np.ones((2, 4), np.float32)}, 0.5)
+    replies: list[Reply] = [
+        Ran([out, out._replace(wire=y * 2)]),
+        RanAlone([Failure(True, "bad token"), [None, out]]),
+        Failure(False, "boom"),
+    ]
+    for reply in replies:
+        assert repr(decode(bytearray(encode(reply)))) == repr(reply)
+
+
+def test_rows_are_stacked_from_joined_bytes_only_when_that_is_exact() -> None:
+    """``stacked`` joins the rows' bytes when they are C-contiguous arrays of one dtype
+    and shape; anything else is stacked by numpy (and fails as numpy does)."""
     rng = np.random.default_rng(0)
     f32 = np.dtype(np.float32)
     plain = [rng.normal(size=(2, 1, 4)).astype(np.float32) for _ in range(5)]
@@ -103,13 +141,14 @@ def test_rows_are_stacked_as_joined_bytes_only_when_that_is_exact() -> None:
     cases += [(rows, f32, False) for rows in odd] + [(odd[1], None, False)]
     for rows, dtype, joined in cases:
         want = np.array(rows, dtype=dtype)
-        got = _stacked(rows, dtype)
-        assert isinstance(got, _Raw) == joined
-        (_, (back,)) = _unpack(bytearray(_pack(("x",), [got])))
-        assert back.dtype == want.dtype and back.shape == want.shape
-        np.testing.assert_array_equal(back, want)
+        got = stacked(rows, dtype)
+        assert (got.base is not None) == joined  # a view on the joined bytes
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        (back,) = decode(bytearray(encode(Ran([GroupOut(got, None, {}, 0.0)])))).outs
+        np.testing.assert_array_equal(back.y, want)
     with pytest.raises(ValueError):  # rows of two shapes: the batch's calls go one by one
-        _stacked([plain[0], plain[0][:1]], f32)
+        stacked([plain[0], plain[0][:1]], f32)
 
 
 @pytest.mark.parametrize("name", ["tiny_lstm", "tiny_gru", "tiny_char"])

@@ -134,7 +134,7 @@ def test_the_model_process_goes_with_the_server(
     try:
         (child,) = _children(server.process.pid)
         with open(f"/proc/{child}/cmdline") as f:
-            assert "service.inference.model_process" in f.read()
+            assert "service.inference.worker.child" in f.read()
         server.process.send_signal(sig)
         status = server.process.wait(30)
         assert _gone(child, 10), f"model process {child} outlived the server ({sig!r})"
