@@ -1,21 +1,29 @@
-"""Request-scoped dependencies shared by the HTTP adapters, as ``Annotated`` aliases."""
+"""Request-scoped dependencies shared by the HTTP adapters, as ``Annotated`` aliases.
+
+Each one asks the gate (``service.http.gate``): ``Owner`` authenticates the request and
+takes its rate-limit token; ``Body(Model)`` checks the content type and size, reads the
+body, parses the JSON and validates it with the model ``/openapi.json`` publishes.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-from typing import Annotated, Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, Request
+from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from service.errors import MalformedRequest, RequestTooLarge, Unauthorized
+from service.errors import MalformedRequest, RequestTooLarge
+from service.http.gate import Gate
 from service.http.state import AppState
+from service.http.v1.schemas import validate_body
 
-ANONYMOUS = "anonymous"
+M = TypeVar("M", bound=BaseModel)
 
 
 async def get_state(request: Request) -> AppState:
@@ -27,71 +35,68 @@ async def get_state(request: Request) -> AppState:
 Core = Annotated[AppState, Depends(get_state)]
 
 
-def owner_for_key(key: str) -> str:
-    """Sessions are owned by a digest of the key, so the key itself is never stored."""
-    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
-def authenticate(keys: list[bytes], authorization: str | None) -> str:
-    """The owner for an ``Authorization`` header value; ``Unauthorized`` when it does not match."""
-    if not keys:
-        return ANONYMOUS
-    if not authorization:
-        raise Unauthorized("missing Authorization: Bearer <key>")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Authorization must be 'Bearer <key>'")
-    presented = token.strip().encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    if not matched:
-        raise Unauthorized("invalid API key")
-    return owner_for_key(presented.decode())
-
-
 async def get_owner(request: Request) -> str:
     """``async`` on purpose (see ``get_state``): the check is in-memory and non-blocking."""
     core: AppState = request.app.state.core
-    owner = authenticate(core.api_keys, request.headers.get("authorization"))
-    core.rate_limiter.check(owner)
-    return owner
+    return core.gate.admit(request.headers.get("authorization"))
 
 
 Owner = Annotated[str, Depends(get_owner)]
 
 
+def _strings(value: object) -> Iterator[str]:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def parse_json(raw: bytes) -> Any:
-    """JSON per RFC 8259, plus NaN/Infinity literals so they reach validation as 422."""
+    """JSON per RFC 8259, plus NaN/Infinity literals so they reach validation as 422.
+
+    A string holding a lone surrogate (``"\\ud800"``: not a Unicode character, so no UTF-8
+    encoding exists) is a malformed body (400); a number too large for any float reaches
+    validation as an integer and is refused there.
+    """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
+    for text in _strings(doc):
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise MalformedRequest(
+                "request body holds a string with a lone surrogate (not valid Unicode)"
+            ) from exc
+    return doc
 
 
-def check_body_size(size: int, limit: int) -> None:
-    """``RequestTooLarge`` (413) for a body of ``size`` bytes, declared or received whole,
-    over ``limit``."""
-    if size > limit:
-        raise RequestTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
+def has_body(content_length: str | None, transfer_encoding: str | None) -> bool:
+    """Whether a request announces a body (a non-zero length, or a chunked one)."""
+    if transfer_encoding:
+        return True
+    return content_length is not None and content_length.strip() not in ("", "0")
 
 
-async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
-    """The raw body from ASGI ``receive``, refusing (413) anything over ``limit``.
+async def receive_body(receive: Receive, gate: Gate, content_length: str | None) -> bytes:
+    """The raw body from ASGI ``receive``, refusing (413) anything over the gate's limit.
 
     A declared ``Content-Length`` over the limit is refused before anything is read; a
     chunked body is cut off as soon as it passes the limit.
     """
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError as exc:
-            raise MalformedRequest("invalid Content-Length") from exc
-        check_body_size(declared, limit)
+    gate.check_declared_length(content_length)
+    limit = gate.max_body_bytes
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -107,9 +112,33 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body of ``request`` (see ``receive_body``)."""
-    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+async def receive_json_body(
+    gate: Gate, receive: Receive, headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    """A ``/v1`` body from raw ASGI ``headers`` and ``receive``, through the gate's content
+    type and size checks (for a route answered as a plain ASGI app)."""
+    content_type = content_length = transfer_encoding = None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"content-length":
+            content_length = value.decode("latin-1")
+        elif name == b"transfer-encoding":
+            transfer_encoding = value.decode("latin-1")
+    gate.check_content_type(content_type, has_body(content_length, transfer_encoding))
+    return await receive_body(receive, gate, content_length)
+
+
+async def read_body(request: Request, json_only: bool) -> bytes:
+    """The raw body of ``request`` through the gate: content type (``json_only``: the
+    ``/v1`` rule) and size (see ``receive_body``)."""
+    core: AppState = request.app.state.core
+    headers: Headers = request.headers
+    length = headers.get("content-length")
+    if json_only:
+        announced = has_body(length, headers.get("transfer-encoding"))
+        core.gate.check_content_type(headers.get("content-type"), announced)
+    return await receive_body(request.receive, core.gate, length)
 
 
 def parse_json_object(raw: bytes, required: bool = True) -> dict[str, Any]:
@@ -124,16 +153,11 @@ def parse_json_object(raw: bytes, required: bool = True) -> dict[str, Any]:
     return body
 
 
-async def get_json_object(request: Request) -> dict[str, Any]:
-    core: AppState = request.app.state.core
-    return parse_json_object(await read_body(request, core.settings.max_body_bytes))
+def body_of(model: type[M], required: bool = True) -> Callable[[Request], Coroutine[Any, Any, M]]:
+    """A dependency that gives a ``/v1`` body validated by ``model`` (see the module doc)."""
 
+    async def validated(request: Request) -> M:
+        raw = await read_body(request, json_only=True)
+        return validate_body(model, parse_json_object(raw, required))
 
-async def get_optional_json_object(request: Request) -> dict[str, Any]:
-    core: AppState = request.app.state.core
-    raw = await read_body(request, core.settings.max_body_bytes)
-    return parse_json_object(raw, required=False)
-
-
-JsonBody = Annotated[dict[str, Any], Depends(get_json_object)]
-OptionalJsonBody = Annotated[dict[str, Any], Depends(get_optional_json_object)]
+    return validated

@@ -152,6 +152,8 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
     return error_response(request, InvalidInput(detail or "invalid request"))
 
 
+INTERNAL_PROBLEM = problem_body(500, "Internal error", "internal error", "internal_error")
+
 CLIENT_DISCONNECTED = problem_body(
     400, "Client disconnected", "the request body was cut off", "client_disconnected"
 )
@@ -172,5 +174,4 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
             status_code=500,
             media_type="application/json",
         )
-    body = problem_body(500, "Internal error", "internal error", "internal_error")
-    return Response(orjson.dumps(body), status_code=500, media_type=PROBLEM_JSON)
+    return Response(orjson.dumps(INTERNAL_PROBLEM), status_code=500, media_type=PROBLEM_JSON)

@@ -5,8 +5,14 @@ Protocol (see ``docs/streaming.md``):
 - every client frame (text, or binary holding UTF-8 JSON) is a step body exactly as for
   ``POST /v1/sessions/{id}/step``; every reply is a text frame with the step response,
   in the order the frames arrived;
-- a frame that fails (bad JSON, bad inputs, offset conflict, store unavailable, ...) gets
-  ``{"error": {problem details}}`` and the socket stays open;
+- a frame that fails (bad JSON, a body its schema refuses, bad inputs, offset conflict,
+  store unavailable, ...) gets ``{"error": {problem details}}`` and the socket stays open;
+- every frame passes the gate (``service.http.gate``) as a request does: it takes a
+  rate-limit token (``rate_limited`` error frame when the key has none left) and may be at
+  most ``LSTM_SERVE_MAX_BODY_BYTES``. ``lstm-serve serve`` sets the server's WebSocket
+  message limit to the same size, so the server closes a socket with 1009 (message too
+  big) as soon as a frame passes it, without buffering the frame whole; under a server
+  that delivers a larger frame, the gate answers it with a ``request_too_large`` frame;
 - the socket is closed with 4404 when the session does not exist (at connect, or when it
   is deleted), 4410 when it expired or was evicted, and 4401 when the API key is missing
   or wrong; 1013 (try again later) when the session store does not answer at connect or
@@ -42,15 +48,23 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from service.errors import (
     InvalidInput,
     MalformedRequest,
-    RequestTooLarge,
     ServeError,
     SessionGone,
     SessionNotFound,
+    TooManyStreams,
     Unauthorized,
 )
-from service.http.deps import authenticate, parse_json
+from service.http.deps import parse_json
 from service.http.problems import problem_of
 from service.http.state import AppState
+from service.http.v1.schemas import validate_step
+from service.http.v1.session_codec import (
+    group_parser,
+    step_offset,
+    step_outputs,
+    step_parser,
+    step_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +158,17 @@ class _Stream:
                 delay = max(_EXPIRY_SLACK_SECONDS, min(IDLE_CHECK_SECONDS, until_expiry))
             await asyncio.sleep(delay)
 
-    def _parse(self, raw: bytes) -> dict[str, Any]:
-        limit = self.core.settings.max_body_bytes
-        if len(raw) > limit:
-            raise RequestTooLarge(f"frame of {len(raw)} bytes exceeds the limit of {limit}")
-        body = parse_json(raw)
-        if not isinstance(body, dict):
-            raise MalformedRequest("a frame must be a JSON object (a step body)")
-        return body
+    def _parse(self, raw: bytes) -> dict[str, Any] | ServeError:
+        """A frame through the gate (its size, a rate-limit token) and the step body's
+        schema: the validated body, or the error its reply is."""
+        try:
+            self.core.gate.admit_frame(self.owner, len(raw))
+            body = parse_json(raw)
+            if not isinstance(body, dict):
+                raise MalformedRequest("a frame must be a JSON object (a step body)")
+            return validate_step(body)
+        except ServeError as exc:
+            return exc
 
     async def handle(self, frames: list[bytes]) -> bool:
         """Apply frames in order and answer each; False once the socket was closed.
@@ -162,23 +179,22 @@ class _Stream:
         way), and each frame still gets its own reply with its own outputs and count.
         """
         limit = self.core.settings.max_steps_per_request
+        parsed = [self._parse(raw) for raw in frames]
         at = 0
-        while at < len(frames):
-            try:
-                body = self._parse(frames[at])
-            except ServeError as exc:
+        while at < len(parsed):
+            body = parsed[at]
+            if isinstance(body, ServeError):
                 at += 1
-                if not await self._answer_error(exc):
+                if not await self._answer_error(body):
                     return False
                 continue
             group = [body]
             plain = _groupable(body)
             if plain is not None:
                 kind, total = plain
-                while at + len(group) < len(frames):
-                    try:
-                        nxt = self._parse(frames[at + len(group)])
-                    except ServeError:
+                while at + len(group) < len(parsed):
+                    nxt = parsed[at + len(group)]
+                    if isinstance(nxt, ServeError):
                         break
                     more = _groupable(nxt)
                     if more is None or more[0] != kind or total + more[1] > limit:
@@ -202,22 +218,27 @@ class _Stream:
         return await self.send(orjson.dumps({"error": problem_of(exc)}))
 
     async def _step(self, body: dict[str, Any]) -> bool:
+        settings = self.core.settings
         try:
-            result = await self.core.sessions.step(self.owner, self.session_id, body)
+            done = await self.core.sessions.advance(
+                self.owner,
+                self.session_id,
+                step_parser(body, settings.max_steps_per_request),
+                offset=step_offset(body),
+            )
         except ServeError as exc:
             return await self._answer_error(exc)
-        return await self.send(result.raw)
+        return await self.send(step_response(done, settings.top_k_default))
 
     async def _step_group(self, kind: str, bodies: list[dict[str, Any]]) -> bool:
         sizes = [len(b[kind]) for b in bodies]
-        combined: dict[str, Any] = (
-            {"text": "".join(b["text"] for b in bodies)}
-            if kind == "text"
-            else {"inputs": [step for b in bodies for step in b["inputs"]]}
-        )
+        settings = self.core.settings
         try:
-            result = await self.core.sessions.step(
-                self.owner, self.session_id, combined, last_steps=sizes[-1]
+            done = await self.core.sessions.advance(
+                self.owner,
+                self.session_id,
+                group_parser(bodies, settings.max_steps_per_request),
+                keep_last=sizes[-1],
             )
         except InvalidInput:
             # some frame is invalid: apply them one by one, so only that frame fails
@@ -230,8 +251,8 @@ class _Stream:
                 if not await self._answer_error(exc):
                     return False
             return True
-        outputs = result.body["outputs"]
-        steps = result.body["steps"] - sum(sizes)
+        outputs = step_outputs(done, settings.top_k_default)
+        steps = done.steps_before
         start = 0
         for n in sizes:
             steps += n
@@ -266,20 +287,23 @@ async def stream_session(websocket: WebSocket, session_id: str) -> None:
     authorization, subprotocol = _credentials(websocket)
     await websocket.accept(subprotocol=subprotocol)
     try:
-        owner = authenticate(core.api_keys, authorization)
+        owner = core.gate.admit(authorization)
         await core.sessions.get(owner, session_id)
     except ServeError as exc:
         await websocket.close(_close_code(exc) or CLOSE_TRY_AGAIN, exc.code)
         return
-
-    limit = core.settings.max_streams_per_key
     if core.draining:
         await websocket.close(CLOSE_GOING_AWAY, "server_shutting_down")
         return
-    if limit and core.streams_of(owner) >= limit:
-        await websocket.close(CLOSE_TRY_AGAIN, "too_many_streams")
-        return
+    try:
+        with core.gate.stream(owner):
+            await _serve(websocket, core, owner, session_id)
+    except TooManyStreams as exc:
+        await websocket.close(CLOSE_TRY_AGAIN, exc.code)
 
+
+async def _serve(websocket: WebSocket, core: AppState, owner: str, session_id: str) -> None:
+    """Read, apply and answer frames until the socket or the session ends."""
     stream = _Stream(websocket, core, owner, session_id)
     core.streams.add(stream)
     watcher = asyncio.create_task(stream.watch())

@@ -85,7 +85,9 @@ async def test_v2_infer_never_5xx(
 async def test_step_body_never_5xx(client: httpx.AsyncClient, body: Any) -> None:
     sid = (await client.post("/v1/sessions", json={"model": "tiny_lstm"})).json()["id"]
     raw = json.dumps(body).encode()  # NaN and Infinity literals included
-    r = await client.post(f"/v1/sessions/{sid}/step", content=raw)
+    r = await client.post(
+        f"/v1/sessions/{sid}/step", content=raw, headers={"content-type": "application/json"}
+    )
     assert r.status_code in (200, 400, 409, 422), r.text
     steps = (await client.get(f"/v1/sessions/{sid}")).json()["steps"]
     assert steps == (len(r.json()["outputs"]) if r.status_code == 200 else 0)

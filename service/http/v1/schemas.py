@@ -1,42 +1,68 @@
-"""Request body schemas, published in the OpenAPI document.
+"""Request body schemas: what ``/openapi.json`` publishes is what the server enforces.
 
-The routes parse bodies by hand (orjson, with NaN/Infinity reaching validation as 422
-and no per-request pydantic cost on the hot path); these models only describe the
-bodies for clients, ``/docs`` and the schema fuzzer.
+Every ``/v1`` body (and each WebSocket frame, which is a step body) is validated by the
+model published for it: ``extra="forbid"`` makes an unknown or misspelled field a 422
+``invalid_input`` naming it, and types and ranges are checked here, strictly as JSON has
+them (a string is not a number, ``1.0`` is not an integer, ``true`` is not a number).
+What depends on the model or the settings (feature count, vocabulary, step limits) is
+checked by the core afterwards.
+
+The session step is the hot path: it is validated by ``STEP_BODY``, a pydantic
+``TypeAdapter`` over a ``TypedDict`` generated from ``StepBody``'s own fields, which
+returns the plain dict the core takes instead of building a model instance.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
-Step = list[float]
+from service.errors import InvalidInput
+
+F32_MAX = float(np.finfo(np.float32).max)
+INT64_MAX = 2**63 - 1
+
+Feature = Annotated[float, Field(ge=-F32_MAX, le=F32_MAX, allow_inf_nan=False)]
+"""One input value: a finite number in float32's range."""
+Step = list[Feature]
 Sequence = list[Step]
+Version = Annotated[int, Field(ge=1, le=INT64_MAX)]
+Temperature = (
+    Annotated[float, Field(ge=0, le=0, description="0: always the most likely token")]
+    | Annotated[float, Field(ge=1e-3, le=100)]
+)
+
+_BODY = ConfigDict(extra="forbid", strict=True)
+M = TypeVar("M", bound=BaseModel)
 
 
 class PredictBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _BODY
     inputs: Sequence | list[Sequence] | None = Field(
         default=None, description="One sequence (steps of features) or a batch of sequences."
     )
     text: str | list[str] | None = Field(default=None, description="Text models: text input.")
-    version: int | None = Field(default=None, ge=1)
+    version: Version | None = None
     return_: Literal["last", "all"] = Field(default="last", alias="return")
 
 
 class _GenerateOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _BODY
     context: Sequence | str | None = None
-    steps: int = Field(default=1, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=100)
-    top_k: int | None = Field(default=None, ge=1)
-    seed: int | None = Field(default=None, ge=0)
+    steps: Annotated[int, Field(ge=1, le=INT64_MAX)] = 1
+    temperature: Temperature = Field(
+        default=1.0, description="0 (greedy), or between 0.001 and 100."
+    )
+    top_k: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
+    seed: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
     stream: bool = False
 
 
 class GenerateBody(_GenerateOptions):
-    version: int | None = Field(default=None, ge=1)
+    version: Version | None = None
 
 
 class SessionGenerateBody(_GenerateOptions):
@@ -44,28 +70,113 @@ class SessionGenerateBody(_GenerateOptions):
 
 
 class CreateSessionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    version: int | None = Field(default=None, ge=1)
-    ttl_seconds: int | None = Field(default=None, ge=1)
+    model_config = _BODY
+    model: Annotated[str, Field(min_length=1)]
+    version: Version | None = None
+    ttl_seconds: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
     state: dict[str, dict[str, Any]] | None = Field(
         default=None,
         description="State tensors as GET /v1/sessions/{id}/state gives them: "
         '{"h": {"shape": [...], "dtype": "float32", "data_b64": "..."}, ...}',
     )
-    steps: int | None = Field(default=None, ge=0)
+    steps: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
 
 
 class StepBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _BODY
     inputs: Sequence | None = None
     text: str | None = None
-    offset: int | None = Field(default=None, ge=0)
+    offset: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
 
 
 class ForkBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ttl_seconds: int | None = Field(default=None, ge=1)
+    model_config = _BODY
+    ttl_seconds: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
+
+
+def typed_dict_of(model: type[BaseModel]) -> Any:
+    """A ``TypedDict`` with ``model``'s fields (by alias, every one optional), constraints
+    and config: validating with it checks exactly what ``model`` checks and returns a dict.
+    Fields whose value is None are simply absent in a body, as the core reads them."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation: Any = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[info.alias or name] = NotRequired[annotation]
+    typed = TypedDict(model.__name__ + "Fields", fields)  # type: ignore[misc]
+    typed.__pydantic_config__ = model.model_config  # type: ignore[attr-defined]
+    return typed
+
+
+STEP_BODY: TypeAdapter[dict[str, Any]] = TypeAdapter(typed_dict_of(StepBody))
+"""The session step's (and a WebSocket frame's) validator: ``StepBody``'s schema, as a dict."""
+
+
+_OUT_OF_RANGE = {"finite_number", "greater_than_equal", "less_than_equal"}
+_INPUT_FIELDS = {"inputs", "context"}
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "list", "dict", "literal", "typed-dict"}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``inputs[0][2]`` for pydantic's location, without the tags of union members."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif out and ("[" in part or "-" in part or part in _TYPE_TAGS):
+            continue  # a union member's tag (``list[...]``, ``constrained-float``, ...)
+        else:
+            out += ("." if out else "") + part
+    return out or "body"
+
+
+def invalid_body(exc: ValidationError) -> InvalidInput:
+    """A body that does not match its schema: 422 ``invalid_input`` naming each field
+    (``non_finite`` when the problem is an input value outside float32's finite range)."""
+    errors = exc.errors(include_url=False)
+    unknown = [_where(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        return InvalidInput(f"unknown field {names}: not in the request schema", fields=unknown)
+    seen: dict[str, list[str]] = {}
+    codes: set[str] = set()
+    for e in errors:
+        where = _where(e["loc"])
+        seen.setdefault(where, []).append(e["msg"])
+        root = e["loc"][0] if e["loc"] else ""
+        if root in _INPUT_FIELDS and (
+            e["type"] in _OUT_OF_RANGE
+            or (e["type"] == "float_type" and type(e.get("input")) is int)  # past any float
+        ):
+            codes.add("non_finite")
+    fields = list(seen)
+    detail = "; ".join(f"{where}: {' or '.join(msgs)}" for where, msgs in list(seen.items())[:5])
+    code = "non_finite" if codes and all(_is_value(f) for f in fields) else None
+    return InvalidInput(detail, code=code, fields=fields)
+
+
+def _is_value(where: str) -> bool:
+    """A location inside an input sequence (``inputs[0][2]``), not the field itself."""
+    return where.endswith("]") and where.count("[") >= 2
+
+
+def validate_body(model: type[M], body: object) -> M:
+    """``body`` (decoded JSON) as ``model``, or ``InvalidInput`` naming what is wrong."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
+
+
+def validate_step(body: object) -> dict[str, Any]:
+    """A step body (HTTP or WebSocket frame) validated by ``STEP_BODY``."""
+    try:
+        return STEP_BODY.validate_python(body)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
 
 
 def request_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
@@ -99,6 +210,7 @@ _PROBLEM_STATUSES = {
     409: "Offset conflict",
     410: "Session expired or evicted",
     413: "Request too large",
+    415: "Body not sent as application/json",
     422: "Well-formed but invalid",
     429: "Session capacity or rate limit reached (Retry-After)",
     503: "Not ready or session store unavailable (Retry-After)",

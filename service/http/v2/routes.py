@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from service.errors import InvalidInput, ModelNotFound, ServeError
 from service.http.deps import Core, Owner, read_body
+from service.http.gate import check_output_budget
 from service.http.health import readiness
 from service.http.state import AppState
 from service.http.v2 import codec, tensors
@@ -193,7 +194,7 @@ async def infer(
     request: Request, core: Core, owner: Owner, name: str, version: str | None = None
 ) -> Response:
     settings = core.settings
-    raw = await read_body(request, settings.max_body_bytes)
+    raw = await read_body(request, json_only=False)
     body = codec.decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
     header, binary = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
     req = codec.parse_request(header, binary)
@@ -202,6 +203,8 @@ async def infer(
     inputs = tensors.model_inputs(
         model, req.inputs, settings.max_steps_per_request, settings.max_batch_sequences
     )
+    estimate = tensors.response_bytes(model.manifest, inputs, req)
+    check_output_budget(estimate, settings.max_response_bytes, "this inference request")
     results = await _run(core, owner, model, params, inputs)
     m = model.manifest
     values = {
