@@ -145,7 +145,9 @@ def invalid_body(exc: ValidationError) -> InvalidInput:
     codes: set[str] = set()
     for e in errors:
         where = _where(e["loc"])
-        seen.setdefault(where, []).append(e["msg"])
+        msgs = seen.setdefault(where, [])
+        if e["msg"] not in msgs:
+            msgs.append(e["msg"])
         root = e["loc"][0] if e["loc"] else ""
         if root in _INPUT_FIELDS and (
             e["type"] in _OUT_OF_RANGE

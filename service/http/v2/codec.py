@@ -18,13 +18,16 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, NotRequired
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 from service.errors import InvalidInput, MalformedRequest, RequestTooLarge
 from service.http.deps import parse_json
+from service.http.v1.schemas import validate_body
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -45,6 +48,38 @@ DTYPES: dict[str, np.dtype[Any]] = {
 """Protocol datatypes with a fixed element size (``BYTES`` is handled separately)."""
 
 _MAX_RANK = 8
+_MAX_ELEMENTS = 2**32
+"""Most elements a tensor's shape may describe (its non-zero dimensions multiplied): even a
+tensor with a zero dimension, and so no data, is refused beyond this."""
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+Dim = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class RequestInput(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    name: Annotated[str, Field(min_length=1)]
+    datatype: str
+    shape: Annotated[list[Dim], Field(max_length=_MAX_RANK)]
+    parameters: NotRequired[dict[str, Any]]
+    data: NotRequired[list[Any]]
+
+
+class RequestOutput(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    name: str
+    parameters: NotRequired[dict[str, Any]]
+
+
+class InferRequestBody(BaseModel):
+    """The Open Inference Protocol's inference request (its JSON header): unknown fields
+    are refused (400 on ``/v2``, naming them)."""
+
+    model_config = _STRICT
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: Annotated[list[RequestInput], Field(min_length=1)]
+    outputs: list[RequestOutput] | None = None
 
 
 @dataclass
@@ -120,12 +155,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def _shape(value: object, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) > _MAX_RANK:
-        raise InvalidInput(f"{where}: shape must be a list of at most {_MAX_RANK} dimensions")
-    for d in value:
-        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise InvalidInput(f"{where}: shape dimensions must be non-negative integers")
+def _shape(value: list[int], where: str) -> tuple[int, ...]:
+    if math.prod(d for d in value if d) > _MAX_ELEMENTS:
+        raise InvalidInput(f"{where}: shape {value} describes more than {_MAX_ELEMENTS} elements")
     return tuple(value)
 
 
@@ -209,14 +241,6 @@ def serialize_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-def _params(value: object, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{where}: parameters must be an object")
-    return value
-
-
 def parse_request(header: bytes, binary: bytes) -> InferRequest:
     """Parse the JSON header and slice the binary tail into the inputs that claim it."""
     if not header.strip():
@@ -224,32 +248,23 @@ def parse_request(header: bytes, binary: bytes) -> InferRequest:
     doc = parse_json(header)
     if not isinstance(doc, dict):
         raise MalformedRequest("inference request must be a JSON object")
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput("id must be a string")
-    parameters = _params(doc.get("parameters"), "request")
-    raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidInput("inputs must be a non-empty list of tensors")
+    body = validate_body(InferRequestBody, doc)
+    parameters = body.parameters or {}
     inputs: list[InputTensor] = []
     offset = 0
     seen: set[str] = set()
-    for i, t in enumerate(raw_inputs):
-        if not isinstance(t, dict):
-            raise InvalidInput(f"inputs[{i}] must be an object")
-        name = t.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidInput(f"inputs[{i}]: name must be a non-empty string")
+    for t in body.inputs:
+        name = t["name"]
         where = f"input '{name}'"
         if name in seen:
             raise InvalidInput(f"{where} is given more than once")
         seen.add(name)
-        datatype = t.get("datatype")
-        if not isinstance(datatype, str) or (datatype not in DTYPES and datatype != "BYTES"):
+        datatype = t["datatype"]
+        if datatype not in DTYPES and datatype != "BYTES":
             raise InvalidInput(f"{where}: unsupported datatype {datatype!r}")
-        shape = _shape(t.get("shape"), where)
+        shape = _shape(t["shape"], where)
         count = math.prod(shape)
-        params = _params(t.get("parameters"), where)
+        params = t.get("parameters") or {}
         size = params.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -287,19 +302,15 @@ def parse_request(header: bytes, binary: bytes) -> InferRequest:
         raise InvalidInput(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input"
         )
-    return InferRequest(inputs, _requested_outputs(doc.get("outputs")), parameters, request_id)
+    return InferRequest(inputs, _requested_outputs(body.outputs), parameters, body.id)
 
 
-def _requested_outputs(value: object) -> list[RequestedOutput] | None:
+def _requested_outputs(value: list[RequestOutput] | None) -> list[RequestedOutput] | None:
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise InvalidInput("outputs must be a list")
     result: list[RequestedOutput] = []
-    for i, o in enumerate(value):
-        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-            raise InvalidInput(f"outputs[{i}] must be an object with a name")
-        params = _params(o.get("parameters"), f"output '{o['name']}'")
+    for o in value:
+        params = o.get("parameters") or {}
         if params.get("classification"):
             raise InvalidInput("the classification extension is not supported")
         binary = params.get("binary_data")
