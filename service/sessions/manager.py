@@ -1,28 +1,27 @@
 """The session manager: stateful inference over a ``SessionStore``, with no protocol in it.
 
-Guarantees (for /v1 sessions, the WebSocket stream and /v2 sequences alike):
-- steps on one session apply one at a time, in arrival order (a per-session lock in
+``SessionManager.advance`` is the one primitive every door steps a session through (the
+``/v1`` step, the WebSocket stream, ``/v2`` sequences). It takes inputs as an array and
+returns raw outputs and state (``Advance``); each adapter parses and encodes its own wire
+format. Guarantees, whichever door a request came through:
+
+- requests on one session apply one at a time, in arrival order (a per-session lock in
   this process, compare-and-set on the record's revision across replicas);
-- a step that fails anywhere (validation, model, store) leaves the stored session as it was;
+- a request that fails anywhere (inputs, model, store) leaves the stored session as it was;
 - a request with ``offset`` is applied at most once: a retry of the last applied request
-  gets the same response again, marked replayed; any other mismatch is an ``OffsetConflict``.
+  gets that request's outputs again, marked replayed; any other mismatch is an
+  ``OffsetConflict``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import contextlib
 import secrets
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
-import orjson
 
 from service.errors import (
     CapacityReached,
@@ -36,33 +35,30 @@ from service.errors import (
 from service.inference.generation import GenerateOptions, GenStep, Rollout, rollout
 from service.inference.runner import Runner
 from service.metrics import Metrics
-from service.models.encoding import decode_steps, inputs_digest, parse_step_inputs
+from service.models.encoding import inputs_digest
 from service.models.registry import LoadedModel, ModelRegistry, State
-from service.sessions.store import LastApplied, MemoryStore, SessionRecord, SessionStore
+from service.sessions.locks import SessionLocks
+from service.sessions.record import LastApplied, SessionRecord
+from service.sessions.state_codec import decode_state, encode_state
+from service.sessions.store import SessionStore
 from service.settings import Settings
 
-_CAS_ATTEMPTS = 8
+CAS_ATTEMPTS = 8
+"""Compare-and-set attempts before a write gives up as contended (``StoreUnavailable``)."""
+
+T = TypeVar("T")
+
+InputsOf = Callable[[LoadedModel], np.ndarray]
+"""Reads a request's inputs for the session's model (an adapter's parser): the model is
+known only once the record is loaded, so an adapter may pass this instead of an array."""
+
+Change = Callable[[SessionRecord], Awaitable[tuple[SessionRecord | None, T]]]
+"""A write: from the current record, the record to save (None: save nothing) and a result."""
 
 
 def new_session_id() -> str:
     """160 random bits, URL-safe."""
     return secrets.token_urlsafe(20)
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
-
-
-def session_view(rec: SessionRecord) -> dict[str, Any]:
-    return {
-        "id": rec.id,
-        "model": rec.model,
-        "version": rec.version,
-        "steps": rec.steps,
-        "created_at": _iso(rec.created_at),
-        "expires_at": _iso(rec.expires_at),
-        "ttl_seconds": rec.ttl_seconds,
-    }
 
 
 def _owned(rec: SessionRecord, owner: str, kind: str) -> SessionRecord:
@@ -72,86 +68,34 @@ def _owned(rec: SessionRecord, owner: str, kind: str) -> SessionRecord:
     return rec
 
 
-class StepResult(NamedTuple):
-    """A step's response (a named tuple: one is made per step, and a frozen dataclass
-    costs twice as much to build)."""
+class Advance(NamedTuple):
+    """What one ``advance`` did, in model terms (a named tuple: one is made per step).
 
-    body: dict[str, Any]
-    raw: bytes
-    """``body`` as JSON, encoded once (it is also what a retry gets back)."""
+    ``outputs`` are the raw model outputs, one row per step (``[steps, out]``, model
+    units); ``wire`` the same in the data's units for regression models when the runner
+    computed them (None otherwise: ``encoding.in_data_units`` derives them). A replay
+    carries the outputs of the request it repeats and the session's current state.
+    """
+
+    session_id: str
+    model: LoadedModel
+    outputs: np.ndarray
+    wire: np.ndarray | None
+    state: State
+    steps_before: int
+    """The session's step count before the request (of a replay: before the original)."""
+    steps: int
+    """The step count after it."""
     replayed: bool = False
 
 
-class _Locks:
-    """Per-session FIFO locks that exist only while someone holds or waits for them.
+class SessionManager:
+    """Sessions of one service: create, look up, advance, reset, fork, delete, generate.
 
-    The lock is handed straight to the next waiter on release, so requests on one session
-    apply in arrival order. An uncontended acquire allocates nothing but a dict entry.
+    ``advance`` is the one way a request moves a session; ``reset`` and an advancing
+    ``generate`` write through the same compare-and-set loop (``_write``).
     """
 
-    def __init__(self) -> None:
-        # held keys → their waiters (None until somebody waits: most steps never contend)
-        self._waiters: dict[str, deque[asyncio.Future[None]] | None] = {}
-
-    def __call__(self, key: str) -> _Held:
-        return _Held(self, key)
-
-    def try_acquire(self, key: str) -> bool:
-        """Take the lock if nobody holds it (no coroutine: the session step's common case)."""
-        waiters = self._waiters
-        if key in waiters:
-            return False
-        waiters[key] = None
-        return True
-
-    async def acquire(self, key: str) -> None:
-        waiters = self._waiters
-        if key not in waiters:
-            waiters[key] = None
-            return
-        queue = waiters[key]
-        if queue is None:
-            queue = waiters[key] = deque()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(fut)
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.release(key)  # handed the lock while being cancelled: pass it on
-            else:
-                # a release may already have dropped this cancelled waiter from the queue
-                with contextlib.suppress(ValueError):
-                    queue.remove(fut)
-            raise
-
-    def release(self, key: str) -> None:
-        queue = self._waiters[key]
-        while queue:
-            fut = queue.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        del self._waiters[key]
-
-    def held(self, key: str) -> bool:
-        return key in self._waiters
-
-
-class _Held:
-    __slots__ = ("_key", "_owner")
-
-    def __init__(self, owner: _Locks, key: str) -> None:
-        self._owner, self._key = owner, key
-
-    async def __aenter__(self) -> None:
-        await self._owner.acquire(self._key)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._owner.release(self._key)
-
-
-class SessionManager:
     def __init__(
         self,
         store: SessionStore,
@@ -162,14 +106,12 @@ class SessionManager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self._memory = store if isinstance(store, MemoryStore) else None
-        """The store when it is in memory: the step then loads and saves without awaiting."""
         self.registry = registry
         self.runner = runner
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        self._locks = _Locks()
+        self._locks = SessionLocks()
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -212,10 +154,16 @@ class SessionManager:
         steps: object = None,
         kind: str = "session",
         session_id: str | None = None,
+        replace_existing: bool = False,
     ) -> SessionRecord:
+        """A new session, from zero state or ``state`` (``encode_state``'s form).
+
+        With ``replace_existing`` a record already under ``session_id`` is deleted first,
+        under that session's lock (a ``/v2`` sequence start).
+        """
         model = self.registry.get(model_name, version)
         ttl_s = self._ttl(ttl)
-        init_state = self.decode_state(model, state) if state is not None else model.zero_state()
+        init_state = decode_state(model, state) if state is not None else model.zero_state()
         if steps is None:
             steps = 0
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
@@ -235,11 +183,19 @@ class SessionManager:
             state=init_state,
             kind=kind,
         )
-        await self._check_owner_limit(owner, kind)
+        if replace_existing:
+            async with self._locks(rec.id):
+                await self.store.delete(rec.id)
+                await self._insert(rec)
+        else:
+            await self._insert(rec)
+        return rec
+
+    async def _insert(self, rec: SessionRecord) -> None:
+        await self._check_owner_limit(rec.owner, rec.kind)
         await self.store.create(rec, self.settings.max_sessions)
         if self.metrics is not None:
             self.metrics.sessions_created.inc()
-        return rec
 
     async def _check_owner_limit(self, owner: str, kind: str) -> None:
         limit = self.settings.max_sessions_per_key
@@ -251,27 +207,22 @@ class SessionManager:
             await self.get(owner, session_id, kind)
             await self.store.delete(session_id)
 
-    async def _update(
-        self,
-        owner: str,
-        session_id: str,
-        kind: str,
-        change: Callable[[SessionRecord], SessionRecord],
-    ) -> SessionRecord:
-        async with self._locks(session_id):
-            for _ in range(_CAS_ATTEMPTS):
-                rec = await self.get(owner, session_id, kind)
-                new = replace(change(rec), revision=rec.revision + 1).touched(self.clock())
-                if await self.store.save(new, rec.revision):
-                    return new
-        raise StoreUnavailable(f"session {session_id!r} is contended; retry")
-
     async def reset(self, owner: str, session_id: str, kind: str = "session") -> SessionRecord:
-        def change(rec: SessionRecord) -> SessionRecord:
+        async def change(rec: SessionRecord) -> tuple[SessionRecord, SessionRecord]:
             model = self.model_of(rec)
-            return replace(rec, steps=0, state=model.zero_state(), last_output=None, last=None)
+            new = replace(
+                rec,
+                steps=0,
+                state=model.zero_state(),
+                last_output=None,
+                last=None,
+                revision=rec.revision + 1,
+                expires_at=self.clock() + rec.ttl_seconds,
+            )
+            return new, new
 
-        return await self._update(owner, session_id, kind, change)
+        async with self._locks(session_id):
+            return await self._write(owner, session_id, kind, change)
 
     async def fork(self, owner: str, session_id: str, ttl: object = None) -> SessionRecord:
         src = await self.get(owner, session_id)
@@ -287,159 +238,125 @@ class SessionManager:
             last=None,
             revision=0,
         )
-        await self._check_owner_limit(owner, src.kind)
-        await self.store.create(rec, self.settings.max_sessions)
-        if self.metrics is not None:
-            self.metrics.sessions_created.inc()
+        await self._insert(rec)
         return rec
 
     # -- state export / import -------------------------------------------------------------
 
     @staticmethod
     def encode_state(rec: SessionRecord) -> dict[str, Any]:
-        return {
-            name: {
-                "shape": list(arr.shape),
-                "dtype": "float32",
-                "data_b64": base64.b64encode(
-                    np.ascontiguousarray(arr, dtype="<f4").tobytes()
-                ).decode(),
-            }
-            for name, arr in rec.state.items()
-        }
+        return encode_state(rec.state)
 
-    @staticmethod
-    def decode_state(model: LoadedModel, doc: object) -> State:
-        if not isinstance(doc, dict):
-            raise InvalidInput("state must be an object of state tensors", code="invalid_state")
-        want = {s.name: s for s in model.manifest.state}
-        if set(doc) != set(want):
-            raise InvalidInput(
-                f"state must have exactly the tensors {sorted(want)}, got {sorted(doc)}",
-                code="invalid_state",
-            )
-        out: State = {}
-        for name, spec in want.items():
-            t = doc[name]
-            if not isinstance(t, dict):
-                raise InvalidInput(f"state.{name} must be an object", code="invalid_state")
-            if t.get("dtype") != "float32":
-                raise InvalidInput(f"state.{name}.dtype must be float32", code="invalid_state")
-            if t.get("shape") != spec.shape:
-                raise InvalidInput(
-                    f"state.{name}.shape must be {spec.shape}, got {t.get('shape')}",
-                    code="invalid_state",
-                )
-            data = t.get("data_b64")
-            if not isinstance(data, str):
-                raise InvalidInput(f"state.{name}.data_b64 must be a string", code="invalid_state")
-            try:
-                raw = base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise InvalidInput(
-                    f"state.{name}.data_b64 is not valid base64", code="invalid_state"
-                ) from exc
-            n = int(np.prod(spec.shape))
-            if len(raw) != 4 * n:
-                raise InvalidInput(
-                    f"state.{name} needs {4 * n} bytes of float32 data, got {len(raw)}",
-                    code="invalid_state",
-                )
-            arr = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(spec.shape)
-            if not np.isfinite(arr).all():
-                raise InvalidInput(f"state.{name} has non-finite values", code="invalid_state")
-            out[name] = arr
-        return out
+    # -- the one write path ----------------------------------------------------------------
 
-    # -- stepping ---------------------------------------------------------------------------
-
-    def parse_step(self, model: LoadedModel, body: dict[str, Any]) -> np.ndarray:
-        return parse_step_inputs(model.manifest, body, self.settings.max_steps_per_request)
-
-    @staticmethod
-    def _offset(body: dict[str, Any]) -> int | None:
-        offset = body.get("offset")
-        if offset is None:
-            return None
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise InvalidInput("offset must be a non-negative integer")
-        return offset
-
-    async def step(
+    async def _write(
         self,
         owner: str,
         session_id: str,
-        body: dict[str, Any],
-        kind: str = "session",
-        last_steps: int | None = None,
-    ) -> StepResult:
-        """Apply one step request (``inputs`` or ``text``, optional ``offset``).
+        kind: str,
+        change: Change[T],
+        rec: SessionRecord | None = None,
+        attempts: int = CAS_ATTEMPTS,
+    ) -> T:
+        """The compare-and-set loop every change of a session's state goes through.
 
-        ``last_steps`` says the body joins several requests (waiting WebSocket frames) whose
-        last one is its final ``last_steps`` steps: that one is kept as the last applied
-        request, exactly as if it had been applied alone, so its retry is replayed.
+        The caller holds the session's lock. ``change`` gets the current record (``rec``
+        on the first attempt when given) and returns the record to save, with the next
+        revision, or None to save nothing. A save that lost to another replica's write
+        reruns ``change`` on the record that won.
         """
-        offset = self._offset(body)
+        store = self.store
+        for _ in range(attempts):
+            if rec is None:
+                rec = _owned(await store.load(session_id), owner, kind)
+            new, result = await change(rec)
+            if new is None or await store.save(new, rec.revision):
+                return result
+            rec = None
+        raise StoreUnavailable(f"session {session_id!r} is contended; retry")
+
+    async def advance(
+        self,
+        owner: str,
+        session_id: str,
+        inputs: np.ndarray | InputsOf,
+        *,
+        offset: int | None = None,
+        kind: str = "session",
+        keep_last: int | None = None,
+        start: State | None = None,
+        version: int | None = None,
+        end: bool = False,
+    ) -> Advance:
+        """Run ``inputs`` (``[steps, features]`` float32 in data units, or ``[steps]``
+        token ids) on the session's state and keep the result: the one session primitive.
+
+        ``offset``: the step count the caller expects; a retry of the last applied request
+        is answered from the record (``replayed``), any other mismatch is an
+        ``OffsetConflict``. ``keep_last``: the inputs join several requests whose last one
+        is their final ``keep_last`` steps; that one is kept as the last applied request,
+        as if it had been applied alone, so its retry is replayed. ``start``: run from this
+        state and step count 0 instead of the record's (a sequence start). ``version``: the
+        record must be on this model version. ``end``: delete the session after the run
+        instead of saving it.
+        """
         locks = self._locks
-        memory = self._memory
         if not locks.try_acquire(session_id):
             await locks.acquire(session_id)
         try:
-            for _ in range(_CAS_ATTEMPTS):
-                if memory is not None:
-                    rec = _owned(memory.load_now(session_id), owner, kind)
-                else:
-                    rec = await self.get(owner, session_id, kind)
+
+            async def apply(rec: SessionRecord) -> tuple[SessionRecord | None, Advance]:
                 model = self.model_of(rec)
-                x = self.parse_step(model, body)
+                if version is not None and rec.version != version:
+                    raise InvalidInput(
+                        f"this {rec.kind} runs on version {rec.version} of model "
+                        f"'{rec.model}', not version {version}"
+                    )
+                x = inputs if isinstance(inputs, np.ndarray) else inputs(model)
                 n = int(x.shape[0])
-                # the fingerprint kept for replays: of the whole request, or of the last of
-                # the joined ones (joined requests carry no offset, so it is never compared)
                 kept = n
-                if offset is None and last_steps is not None and last_steps < n:
-                    kept = last_steps
+                if offset is None and keep_last is not None and keep_last < n:
+                    kept = keep_last
                 digest = inputs_digest(x if kept == n else x[-kept:])
-                last = rec.last
+                if start is not None:
+                    before, steps = start, 0
+                else:
+                    before, steps = rec.state, rec.steps
                 if offset is not None:
+                    last = None if start is not None else rec.last
                     if (
                         last is not None
                         and offset == last.offset
                         and digest == last.digest
-                        and rec.steps == last.offset + last.n_steps
+                        and steps == last.offset + last.n_steps
                     ):
-                        replay: dict[str, Any] = orjson.loads(last.response)
-                        replay["replayed"] = True
-                        return StepResult(replay, orjson.dumps(replay), replayed=True)
-                    if offset != rec.steps:
-                        raise OffsetConflict(
-                            f"offset {offset} does not match the session's {rec.steps} steps",
-                            steps=rec.steps,
+                        replay = Advance(
+                            rec.id, model, last.outputs, None, rec.state, last.offset, steps, True
                         )
-                (res,) = await self.runner.run(model, [x], [rec.state], key=rec.id)
-                steps = rec.steps + n
-                body_out: dict[str, Any] = {
-                    "id": rec.id,
-                    "steps": steps,
-                    "outputs": decode_steps(
-                        model.manifest, res.outputs, self.settings.top_k_default, res.wire
-                    ),
-                }
-                raw = orjson.dumps(body_out)
-                if kept == n:
-                    applied = LastApplied(rec.steps, n, digest, raw)
-                else:
-                    tail = {"id": rec.id, "steps": steps, "outputs": body_out["outputs"][-kept:]}
-                    applied = LastApplied(steps - kept, kept, digest, orjson.dumps(tail))
-                new = rec.advanced(steps, res.state, res.outputs[-1], applied, self.clock())
-                if memory is not None:
-                    saved = memory.save_now(new, rec.revision)
-                else:
-                    saved = await self.store.save(new, rec.revision)
-                if saved:
-                    return StepResult(body_out, raw)
+                        return None, replay
+                    if offset != steps:
+                        raise OffsetConflict(
+                            f"offset {offset} does not match the session's {steps} steps",
+                            steps=steps,
+                        )
+                (res,) = await self.runner.run(model, [x], [before], key=rec.id)
+                after = steps + n
+                done = Advance(rec.id, model, res.outputs, res.wire, res.state, steps, after)
+                if end:
+                    return None, done
+                tail = res.outputs if kept == n else res.outputs[-kept:]
+                if tail.base is not None:  # a view of a batch's outputs: keep only this
+                    tail = tail.copy()
+                applied = LastApplied(after - kept, kept, digest, tail)
+                new = rec.advanced(after, res.state, tail[-1], applied, self.clock())
+                return new, done
+
+            result = await self._write(owner, session_id, kind, apply)
+            if end:
+                await self.store.delete(session_id)
+            return result
         finally:
             locks.release(session_id)
-        raise StoreUnavailable(f"session {session_id!r} is contended; retry")
 
     # -- generation -------------------------------------------------------------------------
 
@@ -471,11 +388,15 @@ class SessionManager:
                 self.runner, model, rec.state, rec.last_output, context, opts, result, rec.id
             ):
                 yield step
-            new = rec.advanced(
-                rec.steps + result.fed_steps, result.state, result.last_output, None, self.clock()
-            )
-            if not await self.store.save(new, rec.revision):
-                raise StoreUnavailable(f"session {session_id!r} changed during generation; retry")
+
+            async def take(cur: SessionRecord) -> tuple[SessionRecord, None]:
+                steps = cur.steps + result.fed_steps
+                return cur.advanced(
+                    steps, result.state, result.last_output, None, self.clock()
+                ), None
+
+            # one attempt: a roll-out already streamed cannot run again on a newer record
+            await self._write(owner, session_id, "session", take, rec=rec, attempts=1)
 
     async def sweep(self) -> int:
         expired = await self.store.sweep()

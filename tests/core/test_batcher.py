@@ -17,7 +17,7 @@ from service.metrics import Metrics
 from service.models.manifest import FeaturesInput
 from service.models.registry import LoadedModel, ModelRegistry, State
 from service.sessions.manager import SessionManager
-from service.sessions.store import MemoryStore
+from service.sessions.memory import MemoryStore
 from service.settings import Settings
 
 ATOL = 1e-5
@@ -230,7 +230,9 @@ async def test_session_order_kept_under_concurrency(
             r.id: [rng.uniform(-3, 3, (2, 3)).round(3).tolist() for _ in range(12)] for r in recs
         }
         tasks = [
-            asyncio.ensure_future(manager.step("bob", r.id, {"inputs": inputs[r.id][j]}))
+            asyncio.ensure_future(
+                manager.advance("bob", r.id, np.asarray(inputs[r.id][j], dtype=np.float32))
+            )
             for j in range(12)
             for r in recs
         ]
@@ -241,7 +243,7 @@ async def test_session_order_kept_under_concurrency(
 
     steps_by_session: dict[str, list[int]] = {}
     for res in results:
-        steps_by_session.setdefault(res.body["id"], []).append(res.body["steps"])
+        steps_by_session.setdefault(res.session_id, []).append(res.steps)
     for rec in recs:
         assert steps_by_session[rec.id] == [2 * (j + 1) for j in range(12)]
         seq = np.asarray([s for chunk in inputs[rec.id] for s in chunk], dtype=np.float32)

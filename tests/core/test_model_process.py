@@ -33,7 +33,7 @@ from service.inference.worker.protocol import (
 from service.metrics import Metrics
 from service.models.registry import LoadedModel, ModelRegistry
 from service.sessions.manager import SessionManager
-from service.sessions.store import MemoryStore
+from service.sessions.memory import MemoryStore
 from service.settings import Settings
 from tests.core.test_batcher import (
     assert_same,
@@ -270,10 +270,10 @@ async def test_a_killed_child_fails_its_batch_and_no_session_advances(
     settings = Settings(model_store=tiny_store, max_sessions=100, request_log=False)
     manager = SessionManager(MemoryStore(), registry, runner, settings)
     recs = [await manager.create("bob", "tiny_lstm") for _ in range(4)]
-    long = {"inputs": np.full((4000, 3), 0.25).tolist()}
+    long = np.full((4000, 3), 0.25, dtype=np.float32)
     (pid,) = executor.pids
 
-    steps = [asyncio.ensure_future(manager.step("bob", r.id, long)) for r in recs]
+    steps = [asyncio.ensure_future(manager.advance("bob", r.id, long)) for r in recs]
     await until(lambda: any(c.job is not None for c in executor._children))
     os.kill(pid, signal.SIGKILL)
     outcomes = await asyncio.gather(*steps, return_exceptions=True)
@@ -287,9 +287,9 @@ async def test_a_killed_child_fails_its_batch_and_no_session_advances(
         for k, v in rec.state.items():
             np.testing.assert_array_equal(after.state[k], v)
     # the next batch starts a new child, and the steps apply
-    short = {"inputs": [[0.1, 0.2, 0.3]]}
-    again = await asyncio.gather(*(manager.step("bob", r.id, short) for r in recs))
-    assert [a.body["steps"] for a in again] == [1, 1, 1, 1]
+    short = np.asarray([[0.1, 0.2, 0.3]], dtype=np.float32)
+    again = await asyncio.gather(*(manager.advance("bob", r.id, short) for r in recs))
+    assert [a.steps for a in again] == [1, 1, 1, 1]
     assert executor.pids and executor.pids != [pid]
 
 
@@ -302,8 +302,8 @@ async def test_sessions_stepped_in_a_batch_keep_no_part_of_it(
     manager = SessionManager(MemoryStore(), registry, runner, settings)
     recs = [await manager.create("bob", "tiny_lstm") for _ in range(8)]
     sent = processes(runner).child_batches
-    body = {"inputs": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]}
-    await asyncio.gather(*(manager.step("bob", r.id, body) for r in recs))
+    body = np.asarray([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=np.float32)
+    await asyncio.gather(*(manager.advance("bob", r.id, body) for r in recs))
     assert processes(runner).child_batches == sent + 1  # one run for all eight
     for rec in recs:
         after = await manager.get("bob", rec.id)

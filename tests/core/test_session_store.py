@@ -31,8 +31,10 @@ from service.errors import (
 from service.inference.runner import Runner, run_sync
 from service.models.registry import ModelRegistry
 from service.sessions.manager import SessionManager
+from service.sessions.memory import MemoryStore
+from service.sessions.record import LastApplied, SessionRecord, same_last_applied
 from service.sessions.redis_store import RedisStore
-from service.sessions.store import LastApplied, MemoryStore, SessionRecord, SessionStore
+from service.sessions.store import SessionStore
 from service.settings import Settings
 from tests.e2e.server import free_port
 from tests.redis_process import RedisProcess
@@ -137,7 +139,9 @@ def stepped(rec: SessionRecord, now: float, n: int = 3) -> SessionRecord:
         steps=rec.steps + n,
         state={k: v + 1.0 for k, v in rec.state.items()},
         last_output=np.arange(4, dtype=np.float32) + rec.steps,
-        last=LastApplied(rec.steps, n, f"digest-{rec.steps}", b'{"id": "x", "steps": 3}'),
+        last=LastApplied(
+            rec.steps, n, f"digest-{rec.steps}", _rng.standard_normal((n, 4)).astype(np.float32)
+        ),
         revision=rec.revision + 1,
     ).touched(now)
 
@@ -155,7 +159,7 @@ def assert_same(a: SessionRecord, b: SessionRecord) -> None:
         assert a.last_output is None and b.last_output is None
     else:
         np.testing.assert_array_equal(a.last_output, b.last_output)
-    assert a.last == b.last
+    assert same_last_applied(a.last, b.last)
 
 
 # -- create, load, save -------------------------------------------------------------------
@@ -511,11 +515,9 @@ def test_an_advanced_record_equals_the_same_record_built_by_replace() -> None:
     import numpy as np
     import pytest
 
-    from service.sessions.store import LastApplied, SessionRecord
-
     rec = SessionRecord("s", "o", "m", 2, 5, 10.0, 60, 70.0, {"h": np.zeros(3)}, kind="sequence")
     state = {"h": np.ones(3)}
-    last = LastApplied(5, 1, "d", b"{}")
+    last = LastApplied(5, 1, "d", np.ones((1, 2), dtype=np.float32))
     got = rec.advanced(6, state, np.ones(2), last, 20.0)
     want = replace(
         rec, steps=6, state=state, last_output=got.last_output, last=last, revision=1
@@ -526,10 +528,11 @@ def test_an_advanced_record_equals_the_same_record_built_by_replace() -> None:
         got.steps = 7  # type: ignore[misc]
 
 
-# -- the session manager's step on each store --------------------------------------------------
-# On a MemoryStore the step loads and saves without awaiting (``MemoryStore.load_now`` and
-# ``save_now``); on any other store it awaits ``load`` and ``save``. Both paths must behave
-# the same: numbers, failed steps, and a record changed by another writer mid-step.
+# -- the session primitive on each store ------------------------------------------------------
+# ``SessionManager.advance`` loads and saves only through the ``SessionStore`` protocol, so it
+# must behave the same on each store: numbers, failed steps, replays (the last applied
+# request's outputs round-trip through the store), and a record changed by another writer
+# mid-step.
 
 
 async def test_the_session_step_on_this_store(
@@ -538,26 +541,32 @@ async def test_the_session_step_on_this_store(
     runner = Runner()
     cfg = Settings(model_store=tiny_store, max_sessions=100, session_ttl_seconds=60)
     manager = SessionManager(backend.store, registry, runner, cfg, clock=backend.clock)
-    assert (manager._memory is not None) == isinstance(backend.store, MemoryStore)
-    seq = [[0.5, 1.0, -2.0], [1.5, 0.0, 3.0], [2.0, 2.0, 2.0], [-1.0, 0.25, 0.0]]
+    seq = np.asarray(
+        [[0.5, 1.0, -2.0], [1.5, 0.0, 3.0], [2.0, 2.0, 2.0], [-1.0, 0.25, 0.0]], dtype=np.float32
+    )
     try:
         rec = await manager.create("alice", "tiny_lstm")
         outputs = []
-        for i, row in enumerate(seq):
-            result = await manager.step("alice", rec.id, {"inputs": [row], "offset": i})
-            outputs.extend(result.body["outputs"])
+        for i in range(len(seq)):
+            done = await manager.advance("alice", rec.id, seq[i : i + 1], offset=i)
+            assert done.wire is not None
+            outputs.append(done.wire)
         model = registry.get("tiny_lstm")
-        (whole,) = run_sync(model, [np.asarray(seq, dtype=np.float32)], [model.zero_state()])
+        (whole,) = run_sync(model, [seq], [model.zero_state()])
         assert whole.wire is not None
-        np.testing.assert_allclose(outputs, whole.wire, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.concatenate(outputs), whole.wire, rtol=0, atol=1e-5)
+
+        def parse_bad(model: object) -> np.ndarray:
+            raise InvalidInput("expected 3 features per step, got 2")
 
         before = await backend.store.load(rec.id)
         with pytest.raises(InvalidInput):
-            await manager.step("alice", rec.id, {"inputs": [[1.0, 2.0]]})
+            await manager.advance("alice", rec.id, parse_bad)
         after = await backend.store.load(rec.id)
         assert (after.steps, after.revision) == (before.steps, before.revision) == (4, 4)
-        replay = await manager.step("alice", rec.id, {"inputs": [seq[-1]], "offset": 3})
-        assert replay.replayed and replay.body["outputs"] == outputs[-1:]
+        replay = await manager.advance("alice", rec.id, seq[-1:], offset=3)
+        assert replay.replayed and (replay.steps_before, replay.steps) == (3, 4)
+        np.testing.assert_array_equal(replay.outputs, whole.outputs[-1:])
 
         # another writer (a replica, a /v2 sequence) saves while the step's model runs:
         # the step's save loses the compare-and-set, and it runs again on the new record
@@ -583,9 +592,9 @@ async def test_the_session_step_on_this_store(
             return done
 
         manager.runner = cast(Runner, SimpleNamespace(run=run_after_an_intruder))
-        result = await manager.step("alice", rec.id, {"inputs": [[0.0, 0.0, 1.0]]})
+        result = await manager.advance("alice", rec.id, np.zeros((1, 3), dtype=np.float32))
         final = await backend.store.load(rec.id)
-        assert intruded and result.body["steps"] == 4 + 10 + 1
+        assert intruded and result.steps == 4 + 10 + 1
         assert (final.steps, final.revision) == (15, 6)
     finally:
         await runner.close()

@@ -6,36 +6,28 @@ scale-out. Its store id is derived from the model, the caller and the sequence i
 every replica finds it without a lookup table, one caller's ids never meet another's,
 and the id is a short ``[a-z0-9_:-]`` string whatever the client sent.
 
-A step reads the record through ``SessionManager.get`` and writes it back with the
-store's compare-and-set on ``revision`` (the ``SessionStore`` contract): a request that
-lost a race reruns on the state that won, so no step is lost or applied twice. It does
-not go through ``SessionManager.step`` because ``/v2`` needs what that leaves out: the
-raw per-step outputs (a text model's whole distribution) and the final state tensors.
+A step goes through ``SessionManager.advance``, the one session primitive, as a ``/v1``
+step does: under the session's lock and the store's compare-and-set, so no step is lost,
+applied twice or interleaved, whichever door the requests on one record came through.
+It returns the raw per-step outputs and the final state that ``/v2`` answers with.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service.errors import (
-    InvalidInput,
-    SessionGone,
-    SessionNotFound,
-    StoreUnavailable,
-)
+from service.errors import InvalidInput, SessionGone, SessionNotFound
 from service.inference.runner import SeqResult
 from service.models.registry import LoadedModel, State
 from service.sessions.manager import SessionManager
-from service.sessions.store import SessionRecord
+from service.sessions.record import SessionRecord
 
 KIND = "sequence"
 _UINT64_MAX = 2**64 - 1
-_CAS_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -116,12 +108,6 @@ class Sequences:
         rec = await self._load(owner, store_id(name, owner, params.id), name, params.id)
         return self.sessions.model_of(rec)
 
-    async def _start(self, owner: str, sid: str, model: LoadedModel) -> SessionRecord:
-        await self.sessions.store.delete(sid)
-        return await self.sessions.create(
-            owner, model.name, model.version, kind=KIND, session_id=sid
-        )
-
     async def step(
         self,
         owner: str,
@@ -133,42 +119,20 @@ class Sequences:
         """Run one request of a sequence (batch size 1) and keep or free its state."""
         assert params.id is not None
         sid = store_id(model.name, owner, params.id)
+        start: State | None = None
         if params.start:
-            rec = await self._start(owner, sid, model)
-        else:
-            if explicit is not None:
-                raise InvalidInput(
-                    "state inputs can only start a sequence (sequence_start) or a stateless request"
-                )
-            rec = await self._load(owner, sid, model.name, params.id)
-            if rec.version != model.version:
-                raise InvalidInput(
-                    f"sequence {params.id} runs on version {rec.version} of model "
-                    f"'{model.name}', not version {model.version}"
-                )
-        runner = self.sessions.runner
-        for attempt in range(_CAS_ATTEMPTS):
-            if attempt:
-                rec = await self._load(owner, sid, model.name, params.id)
-            if params.start:
-                before, steps = explicit or model.zero_state(), 0
-            else:
-                before, steps = rec.state, rec.steps
-            (res,) = await runner.run(model, [x], [before], key=sid)
-            if params.end:
-                await self._end(owner, sid)
-                return res
-            new = rec.advanced(
-                steps + int(x.shape[0]), res.state, res.outputs[-1], None, self.sessions.clock()
+            await self.sessions.create(
+                owner, model.name, model.version, kind=KIND, session_id=sid, replace_existing=True
             )
-            try:
-                saved = await self.sessions.store.save(new, rec.revision)
-            except (SessionNotFound, SessionGone) as exc:
-                raise unknown_sequence(model.name, params.id) from exc
-            if saved:
-                return res
-        raise StoreUnavailable(f"sequence {params.id} is contended; retry")
-
-    async def _end(self, owner: str, sid: str) -> None:
-        with contextlib.suppress(SessionNotFound, SessionGone):
-            await self.sessions.delete(owner, sid, KIND)
+            start = explicit or model.zero_state()
+        elif explicit is not None:
+            raise InvalidInput(
+                "state inputs can only start a sequence (sequence_start) or a stateless request"
+            )
+        try:
+            done = await self.sessions.advance(
+                owner, sid, x, kind=KIND, start=start, version=model.version, end=params.end
+            )
+        except (SessionNotFound, SessionGone) as exc:
+            raise unknown_sequence(model.name, params.id) from exc
+        return SeqResult(done.outputs, done.state, done.wire)
