@@ -10,6 +10,7 @@ Every error a client can cause, or that the service must report, is one of these
     ├── ModelNotFound         unknown model or version (404)
     ├── SessionNotFound       unknown session, or another key's (404)
     ├── SessionGone           expired or evicted, within the tombstone window (410)
+    │   └── SessionCorrupt    the stored record cannot be read; delete it (410)
     ├── OffsetConflict        offset differs from the session's steps (409)
     ├── CapacityReached       session limit, overall or per key (429, Retry-After)
     │   └── TooManyStreams    open streams per key (429; a WebSocket closes 1013)
@@ -17,7 +18,8 @@ Every error a client can cause, or that the service must report, is one of these
     ├── RequestTooLarge       body or frame over the limit (413)
     ├── UnsupportedMediaType  body not sent as the content type the door takes (415)
     ├── Unauthorized          missing or wrong API key (401)
-    ├── StoreUnavailable      the session store does not answer (503, Retry-After)
+    ├── StoreUnavailable      the session store does not answer (503, Retry-After when
+    │                         retrying can help)
     ├── NotReady              models not loaded yet (503)
     └── InferenceError        onnxruntime failed on input that passed validation (422)
 """
@@ -63,15 +65,32 @@ class SessionNotFound(ServeError):
 
 
 class SessionGone(ServeError):
-    """The session existed but its state is gone; ``reason`` is ``expired`` or ``evicted``."""
+    """The session existed but its state is gone; ``reason`` is ``expired`` or ``evicted``.
+
+    ``owner`` is the key the session belonged to, where the store knows it: to any other
+    key the session is not found (404), never gone.
+    """
 
     title = "Session gone"
 
-    def __init__(self, detail: str, reason: str) -> None:
+    def __init__(self, detail: str, reason: str, owner: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason
+        self.owner = owner
         self.code = f"session_{reason}"
         self.title = f"Session {reason}"
+
+
+class SessionCorrupt(SessionGone):
+    """The session's stored record fails validation (damaged or written by something else).
+
+    Its state is unusable, so it is gone (410, ``session_corrupt``), but unlike an expired
+    session it still occupies the store until it is deleted or its TTL ends: ``DELETE``
+    removes it, and listings leave it out. ``owner`` is None when the record does not say.
+    """
+
+    def __init__(self, detail: str, owner: str | None = None) -> None:
+        super().__init__(detail, "corrupt", owner)
 
 
 class OffsetConflict(ServeError):
@@ -122,10 +141,13 @@ class Unauthorized(ServeError):
 
 
 class StoreUnavailable(ServeError):
+    """The session store failed. ``retry_after`` is None when retrying cannot help (the store
+    answered with an error that is not an outage); the detail never names store internals."""
+
     code = "session_store_unavailable"
     title = "Session store unavailable"
 
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
+    def __init__(self, detail: str, retry_after: int | None = 1) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
 

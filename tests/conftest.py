@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from service.http.app import create_app
 from service.models.registry import ModelRegistry
 from service.settings import Settings
+from tests.redis_process import redis_databases, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.tiny_models import make_tiny_store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -26,6 +26,7 @@ from service.errors import (
     RateLimited,
     RequestTooLarge,
     ServeError,
+    SessionCorrupt,
     SessionGone,
     SessionNotFound,
     StoreUnavailable,
@@ -44,6 +45,7 @@ _STATUS: list[tuple[type[ServeError], int]] = [
     (ModelNotFound, 404),
     (SessionNotFound, 404),
     (OffsetConflict, 409),
+    (SessionCorrupt, 410),
     (SessionGone, 410),
     (RequestTooLarge, 413),
     (UnsupportedMediaType, 415),
@@ -79,7 +81,10 @@ def status_of(exc: ServeError) -> int:
 def error_headers(exc: ServeError) -> dict[str, str]:
     """``Retry-After`` and ``WWW-Authenticate`` where the error calls for them."""
     headers: dict[str, str] = {}
-    if isinstance(exc, CapacityReached | RateLimited | StoreUnavailable | NotReady):
+    if (
+        isinstance(exc, CapacityReached | RateLimited | StoreUnavailable | NotReady)
+        and exc.retry_after is not None
+    ):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="lstm-serve"'

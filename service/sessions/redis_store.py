@@ -2,128 +2,122 @@
 
 Layout (every key starts with ``prefix``, default ``lstm:``)::
 
-    {p}s:{id}             hash, the live record; expires with the session
-        m                 orjson metadata (ids, steps, times, tensor shapes, last offset/digest)
-        r                 revision, the compare-and-set counter
-        o, k, ttl         owner, kind and TTL, read by the Lua scripts
-        x:{name}          one state tensor as raw little-endian float32 bytes
-        lo, lr            last output (raw float32) and last step response (for replays)
+    {p}s:{id}             hash, the live record (``service.sessions.redis_codec``); expires
+                          with the session
     {p}t:{id}             hash {reason, owner}, the tombstone; outlives the record by one TTL
     {p}live               sorted set id -> expires_at: the live count behind ``max_sessions``
-    {p}o:{kind}:{owner}   set of ids, the owner index for ``list``; pruned lazily
+    {p}o:{kind}:{owner}   set of ids, the owner index for ``list`` and the per-key limit;
+                          pruned lazily
 
 Expiry needs no sweeper: every write also writes a tombstone ``expired`` that expires one
 TTL after the record, so once Redis drops the record the tombstone answers 410, and a TTL
 later it is gone too (404). ``evict`` replaces the record by a tombstone ``evicted``,
-``delete`` removes both. Each write is one Lua script, so create-with-capacity and
-compare-and-set ``save`` are atomic across replicas. Expiries are relative (``PEXPIRE``),
-so only durations, not the clocks of the replicas and the Redis host, need to agree.
+``delete`` removes both. Each write is one Lua script (``service.sessions.redis_scripts``),
+so create-with-capacity (overall and per key) and compare-and-set ``save`` are atomic
+across replicas. Expiries are relative (``PEXPIRE``), so only durations, not the clocks of
+the replicas and the Redis host, need to agree.
 
-Any Redis error (refused connection, timeout, OOM, a replica that is read-only after a
-failover) is raised as ``StoreUnavailable``. Socket timeouts are short and nothing is
-retried inside the client: a timed-out ``save`` may or may not have been applied, and a
-blind retry could apply a step twice; the session manager's offsets make the client's
-retry safe instead. Dead pooled connections are dropped and reopened by redis-py, so the
-store recovers without a restart when Redis comes back.
+Errors: an outage (refused connection, timeout, a Redis that is loading, out of memory, or
+read-only after a failover) is ``StoreUnavailable`` with a retry hint. An error reply about
+a session's own keys (``WRONGTYPE``), and a record that fails validation, is
+``SessionCorrupt``: that session can only be deleted, listings leave it out. Any other error
+reply is ``StoreUnavailable`` without a retry hint. Details (address, command, key) are
+logged, never put in the error. Socket timeouts are short and nothing is retried inside the
+client: a timed-out ``save`` may or may not have been applied, and a blind retry could apply
+a step twice; the session manager's offsets make the client's retry safe instead. Dead
+pooled connections are dropped and reopened by redis-py, so the store recovers without a
+restart when Redis comes back.
 
-Not for Redis Cluster: the scripts touch the shared ``live`` set together with the
-session's keys. Use one primary (with Sentinel or a managed failover if needed).
+Not for Redis Cluster: the scripts touch the shared ``live`` set and the owner's records
+together with the session's keys. Use one primary (with Sentinel or a managed failover if
+needed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from service.errors import CapacityReached, SessionGone, SessionNotFound, StoreUnavailable
-from service.sessions.store import Clock, LastApplied, SessionRecord
+from service.sessions import redis_scripts
+from service.sessions.record import Clock, SessionRecord
+from service.sessions.redis_codec import corrupt, flat, record_fields, record_from_fields
 
-# KEYS: record, tombstone, live, owner set.
-# ARGV: now, max_sessions, id, expires_at, ttl_ms, tomb_ms, owner, field, value, ...
-_CREATE = """
-local pruned = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then
-  return {0, pruned}
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'reason', 'expired', 'owner', ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[3])
-if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[5]) then
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
-end
-return {1, pruned}
-"""
+log = logging.getLogger(__name__)
 
-# KEYS: record, tombstone, live, owner set.
-# ARGV: expected revision, id, expires_at, ttl_ms, tomb_ms, owner, field, value, ...
-# Returns {1} saved, {0} revision mismatch, {2, reason} tombstone, {3} no such session.
-_SAVE = """
-local rev = redis.call('HGET', KEYS[1], 'r')
-if not rev then
-  local reason = redis.call('HGET', KEYS[2], 'reason')
-  if reason then return {2, reason} end
-  return {3}
-end
-if rev ~= ARGV[1] then return {0} end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'reason', 'expired', 'owner', ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[2])
-if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[4]) then
-  redis.call('PEXPIRE', KEYS[4], ARGV[4])
-end
-return {1}
-"""
+_OUTAGE_REPLIES = (
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "OOM",
+    "READONLY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+)
+"""Error replies of a Redis that is (for now) not serving writes: retrying can help."""
 
-# KEYS: record, tombstone, live. ARGV: id, reason.
-_EVICT = """
-local f = redis.call('HMGET', KEYS[1], 'o', 'ttl')
-if not f[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'reason', ARGV[2], 'owner', f[1])
-redis.call('PEXPIRE', KEYS[2], tonumber(f[2]) * 1000)
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
-"""
 
-# KEYS: record, tombstone, live. ARGV: id.
-_DELETE = """
-local n = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return n
-"""
-
-_TENSOR = "x:"
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis is unreachable or not serving (retrying can help), as
+    opposed to an error reply about what it was asked (``WRONGTYPE``, a script error)."""
+    if isinstance(
+        exc,
+        ConnectionError
+        | TimeoutError
+        | OSError
+        | ReadOnlyError
+        | OutOfMemoryError
+        | TryAgainError
+        | ClusterDownError,
+    ):
+        return True
+    if isinstance(exc, ResponseError):
+        reply = str(exc).lstrip()
+        return reply.startswith(_OUTAGE_REPLIES)
+    return False
 
 
 @contextmanager
-def _translated(op: str) -> Iterator[None]:
-    """Turn any Redis or socket error into ``StoreUnavailable`` naming the operation."""
+def _translated(op: str, session_id: str | None = None) -> Iterator[None]:
+    """Turn Redis and socket errors into the core's errors, logging what they were.
+
+    An outage is ``StoreUnavailable`` with ``Retry-After``; any other error reply on a
+    session's keys means its record is damaged (``SessionCorrupt``); elsewhere it is
+    ``StoreUnavailable`` without ``Retry-After``. The client is never told the address,
+    command or key: those go to the log.
+    """
     try:
         yield
     except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"session store unavailable ({op}): {exc}") from exc
+        if is_outage(exc):
+            log.warning("session store %s failed: %s", op, exc)
+            raise StoreUnavailable("the session store is not answering; retry later") from exc
+        if session_id is not None:
+            log.error("session store %s of session %s failed: %s", op, session_id, exc)
+            raise corrupt(session_id, None) from exc
+        log.error("session store %s failed: %s", op, exc)
+        raise StoreUnavailable(
+            "the session store failed; the server's log says why", retry_after=None
+        ) from exc
 
 
 def _no_maint_notifications() -> dict[str, Any]:
@@ -139,89 +133,25 @@ def _no_maint_notifications() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
-def _f32(a: np.ndarray) -> bytes:
-    return np.ascontiguousarray(a, dtype="<f4").tobytes()
+def _replies(op: str, replies: list[Any]) -> list[Any]:
+    """A pipeline's replies, raising an outage among them; other error replies stay in the
+    list (as ``ResponseError``) for the caller to put down to the session they concern."""
+    for reply in replies:
+        if isinstance(reply, BaseException) and (
+            not isinstance(reply, ResponseError) or is_outage(reply)
+        ):
+            with _translated(op):
+                raise reply
+    return replies
 
 
-def _array(raw: bytes, shape: list[int]) -> np.ndarray:
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
-
-
-def record_fields(rec: SessionRecord) -> dict[str, bytes]:
-    """The record as hash fields: metadata as JSON, tensors as raw float32 bytes."""
-    meta: dict[str, Any] = {
-        "id": rec.id,
-        "owner": rec.owner,
-        "model": rec.model,
-        "version": rec.version,
-        "steps": rec.steps,
-        "created_at": rec.created_at,
-        "ttl_seconds": rec.ttl_seconds,
-        "expires_at": rec.expires_at,
-        "kind": rec.kind,
-        "state": {name: list(arr.shape) for name, arr in rec.state.items()},
-        "last_output": list(rec.last_output.shape) if rec.last_output is not None else None,
-        "last": (
-            {"offset": rec.last.offset, "n_steps": rec.last.n_steps, "digest": rec.last.digest}
-            if rec.last is not None
-            else None
-        ),
-    }
-    fields: dict[str, bytes] = {
-        "m": orjson.dumps(meta),
-        "r": str(rec.revision).encode(),
-        "o": rec.owner.encode(),
-        "k": rec.kind.encode(),
-        "ttl": str(rec.ttl_seconds).encode(),
-    }
-    for name, arr in rec.state.items():
-        fields[_TENSOR + name] = _f32(arr)
-    if rec.last_output is not None:
-        fields["lo"] = _f32(rec.last_output)
-    if rec.last is not None:
-        fields["lr"] = rec.last.response
-    return fields
-
-
-def record_from_fields(fields: dict[bytes, bytes]) -> SessionRecord:
-    """Inverse of ``record_fields`` (keys as Redis returns them, bytes)."""
-    meta = orjson.loads(fields[b"m"])
-    last = meta["last"]
-    lo_shape = meta["last_output"]
-    return SessionRecord(
-        id=meta["id"],
-        owner=meta["owner"],
-        model=meta["model"],
-        version=int(meta["version"]),
-        steps=int(meta["steps"]),
-        created_at=float(meta["created_at"]),
-        ttl_seconds=int(meta["ttl_seconds"]),
-        expires_at=float(meta["expires_at"]),
-        state={
-            name: _array(fields[(_TENSOR + name).encode()], shape)
-            for name, shape in meta["state"].items()
-        },
-        last_output=_array(fields[b"lo"], lo_shape) if lo_shape is not None else None,
-        last=(
-            LastApplied(
-                offset=int(last["offset"]),
-                n_steps=int(last["n_steps"]),
-                digest=str(last["digest"]),
-                response=fields[b"lr"],
-            )
-            if last is not None
-            else None
-        ),
-        revision=int(fields[b"r"]),
-        kind=meta["kind"],
-    )
-
-
-def _flat(fields: dict[str, bytes]) -> list[str | bytes]:
-    out: list[str | bytes] = []
-    for k, v in fields.items():
-        out += [k, v]
-    return out
+def _text(raw: object) -> str | None:
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 class RedisStore:
@@ -239,10 +169,10 @@ class RedisStore:
         self._on_gone = on_gone
         self.prefix = prefix
         self._live_key = f"{prefix}live"
-        self._create = client.register_script(_CREATE)
-        self._save = client.register_script(_SAVE)
-        self._evict = client.register_script(_EVICT)
-        self._delete = client.register_script(_DELETE)
+        self._create = client.register_script(redis_scripts.CREATE)
+        self._save = client.register_script(redis_scripts.SAVE)
+        self._evict = client.register_script(redis_scripts.EVICT)
+        self._delete = client.register_script(redis_scripts.DELETE)
 
     @classmethod
     def from_url(
@@ -295,10 +225,10 @@ class RedisStore:
 
     # -- protocol -----------------------------------------------------------------------------
 
-    async def create(self, rec: SessionRecord, max_sessions: int) -> None:
+    async def create(self, rec: SessionRecord, max_sessions: int, max_per_owner: int = 0) -> None:
         ttl_ms, tomb_ms = self._expiries(rec)
         with _translated("create"):
-            ok, pruned = await self._create(
+            status, pruned = await self._create(
                 keys=[
                     self._rkey(rec.id),
                     self._tkey(rec.id),
@@ -313,24 +243,44 @@ class RedisStore:
                     ttl_ms,
                     tomb_ms,
                     rec.owner,
-                    *_flat(record_fields(rec)),
+                    max_per_owner,
+                    self._rkey(""),
+                    *flat(record_fields(rec)),
                 ],
             )
         self._gone("expired", int(pruned))
-        if not ok:
+        if status == 0:
             raise CapacityReached(f"session limit of {max_sessions} reached")
+        if status == 2:
+            raise CapacityReached(
+                f"this key already holds {max_per_owner} sessions, the limit per key"
+            )
 
     async def load(self, session_id: str) -> SessionRecord:
         with _translated("load"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self._rkey(session_id))
                 pipe.hgetall(self._tkey(session_id))
-                fields, tomb = await pipe.execute()
+                fields, tomb = _replies("load", await pipe.execute(raise_on_error=False))
+        if isinstance(tomb, ResponseError):
+            log.error("tombstone of session %s cannot be read: %s", session_id, tomb)
+            tomb = {b"reason": b"unreadable"}
+        if isinstance(fields, ResponseError):
+            log.error("session %s cannot be read: %s", session_id, fields)
+            raise corrupt(session_id, _text(tomb.get(b"owner")))
         if fields:
-            return record_from_fields(fields)
+            try:
+                return record_from_fields(fields, session_id)
+            except SessionGone as exc:
+                log.error("session %s cannot be read: %s", session_id, exc.__cause__)
+                raise
         if tomb:
-            reason = tomb[b"reason"].decode()
-            raise SessionGone(f"session {session_id!r} {reason}", reason)
+            reason = _text(tomb.get(b"reason"))
+            owner = _text(tomb.get(b"owner"))
+            if reason not in ("expired", "evicted") or owner is None:
+                log.error("tombstone of session %s is damaged", session_id)
+                raise corrupt(session_id, owner)
+            raise SessionGone(f"session {session_id!r} {reason}", reason, owner)
         raise SessionNotFound(f"no session {session_id!r}")
 
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
@@ -340,7 +290,7 @@ class RedisStore:
 
     async def _save_record(self, rec: SessionRecord, expected_revision: int) -> bool:
         ttl_ms, tomb_ms = self._expiries(rec)
-        with _translated("save"):
+        with _translated("save", rec.id):
             res = await self._save(
                 keys=[
                     self._rkey(rec.id),
@@ -355,13 +305,15 @@ class RedisStore:
                     ttl_ms,
                     tomb_ms,
                     rec.owner,
-                    *_flat(record_fields(rec)),
+                    *flat(record_fields(rec)),
                 ],
             )
         status = int(res[0])
         if status == 2:
-            reason = res[1].decode()
-            raise SessionGone(f"session {rec.id!r} {reason}", reason)
+            reason = _text(res[1])
+            if reason not in ("expired", "evicted"):
+                raise corrupt(rec.id, rec.owner)
+            raise SessionGone(f"session {rec.id!r} {reason}", reason, rec.owner)
         if status == 3:
             raise SessionNotFound(f"no session {rec.id!r}")
         return status == 1
@@ -385,21 +337,34 @@ class RedisStore:
         return bool(n)
 
     async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
+        """The owner's live records; a record that cannot be read is left out (and logged)."""
         okey = self._okey(owner, kind)
         with _translated("list"):
             members = await self._redis.smembers(okey)
-            ids = [m.decode() if isinstance(m, bytes) else m for m in members]
+            ids = [sid for sid in map(_text, members) if sid is not None]
             if not ids:
                 return []
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sid in ids:
                     pipe.hgetall(self._rkey(sid))
-                found: list[dict[bytes, bytes]] = await pipe.execute()
-            stale = [sid for sid, fields in zip(ids, found, strict=True) if not fields]
+                found = _replies("list", await pipe.execute(raise_on_error=False))
+            stale = [sid for sid, fields in zip(ids, found, strict=True) if fields == {}]
             if stale:
                 await self._redis.srem(okey, *stale)
-        recs = [record_from_fields(f) for f in found if f]
-        return [r for r in recs if r.owner == owner and r.kind == kind]
+        recs: list[SessionRecord] = []
+        for sid, fields in zip(ids, found, strict=True):
+            if not fields:
+                continue
+            try:
+                if isinstance(fields, ResponseError):
+                    raise corrupt(sid, None) from fields
+                rec = record_from_fields(fields, sid)
+            except SessionGone as exc:
+                log.error("listing leaves out session %s: %s", sid, exc.__cause__)
+                continue
+            if rec.owner == owner and rec.kind == kind:
+                recs.append(rec)
+        return recs
 
     async def count(self) -> int:
         with _translated("count"):

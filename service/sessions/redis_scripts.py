@@ -1,0 +1,95 @@
+"""The Lua scripts behind ``RedisStore``: each write is one script, so it is atomic.
+
+Keys are as ``service.sessions.redis_store`` lays them out. ``CREATE`` also reads the
+records named in the owner's index (their keys are built from ``ARGV[9]``, the record key
+prefix), which is why the store needs one Redis primary, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+CREATE = """
+local pruned = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then
+  return {0, pruned}
+end
+local per_owner = tonumber(ARGV[8])
+if per_owner > 0 then
+  local held = 0
+  for _, sid in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    if redis.call('EXISTS', ARGV[9] .. sid) == 1 then
+      held = held + 1
+    else
+      redis.call('SREM', KEYS[4], sid)
+    end
+  end
+  if held >= per_owner then
+    return {2, pruned}
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'reason', 'expired', 'owner', ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[3])
+if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[5]) then
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
+return {1, pruned}
+"""
+"""KEYS: record, tombstone, live, owner index.
+ARGV: now, max_sessions, id, expires_at, ttl_ms, tomb_ms, owner, max_per_owner (0: none),
+record key prefix, then field, value, ...
+Returns {1, pruned} created, {0, pruned} at ``max_sessions``, {2, pruned} at the owner's
+limit; ``pruned`` is how many expired ids left the live set."""
+
+SAVE = """
+local rev = redis.call('HGET', KEYS[1], 'r')
+if not rev then
+  local reason = redis.call('HGET', KEYS[2], 'reason')
+  if reason then return {2, reason} end
+  return {3}
+end
+if rev ~= ARGV[1] then return {0} end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'reason', 'expired', 'owner', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[2])
+if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
+return {1}
+"""
+"""KEYS: record, tombstone, live, owner index.
+ARGV: expected revision, id, expires_at, ttl_ms, tomb_ms, owner, then field, value, ...
+Returns {1} saved, {0} revision mismatch, {2, reason} tombstone, {3} no such session."""
+
+EVICT = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'o', 'ttl')
+if not f[1] then return 0 end
+local ttl = tonumber(f[2])
+if not ttl or ttl < 1 then ttl = 1 end
+if ttl > 2147483647 then ttl = 2147483647 end
+redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'reason', ARGV[2], 'owner', f[1])
+redis.call('PEXPIRE', KEYS[2], math.floor(ttl * 1000))
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+"""KEYS: record, tombstone, live. ARGV: id, reason. Returns 1 if a record was evicted."""
+
+DELETE = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return n
+"""
+"""KEYS: record, tombstone, live. ARGV: id. Returns 1 if a record was deleted."""
