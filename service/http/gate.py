@@ -24,6 +24,8 @@ Rules and where they hold:
   received) and for one WebSocket frame.
 - **content type**: ``/v1`` bodies are JSON (``application/json``); ``/v2`` accepts any
   content type, or none, as tritonclient sends.
+- **output budget**: ``LSTM_SERVE_MAX_RESPONSE_BYTES`` for what one request may produce,
+  checked from its shapes before the model runs (``check_output_budget``).
 """
 
 from __future__ import annotations
@@ -164,3 +166,29 @@ class Gate:
             self._streams[owner] -= 1
             if not self._streams[owner]:
                 del self._streams[owner]
+
+
+# -- what a request may produce --------------------------------------------------------
+
+RESPONSE_TOO_LARGE = "response_too_large"
+
+
+def check_output_budget(estimate: int, limit: int, what: str) -> None:
+    """The output budget, ``LSTM_SERVE_MAX_RESPONSE_BYTES``: ``RequestTooLarge`` (413, code
+    ``response_too_large``) when a request's response would take more than ``limit`` bytes.
+
+    ``estimate`` is an upper bound from the request's shapes (``service.models.output_size``),
+    known before the model runs, so nothing is computed for a request that is refused. The
+    doors that produce outputs call it: ``/v2`` infer (JSON or binary, as asked), ``/v1``
+    predict (``return: "all"`` counts every step) and both generates. A session step (HTTP,
+    WebSocket) gives at most ``LSTM_SERVE_MAX_STEPS_PER_REQUEST`` steps of one sequence,
+    which the defaults keep far below the budget for every bundled model (tested).
+    """
+    if estimate > limit:
+        exc = RequestTooLarge(
+            f"{what} would produce a response of up to {estimate} bytes, over the limit of "
+            f"{limit}; ask for fewer sequences or steps"
+        )
+        exc.code = RESPONSE_TOO_LARGE
+        exc.title = "Response too large"
+        raise exc

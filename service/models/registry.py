@@ -33,6 +33,9 @@ def _session_options(threads: int) -> ort.SessionOptions:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # onnxruntime's CPU arena keeps the largest run's buffers for good (a long batch of an
+    # LSTM needs steps x batch x 4 x hidden floats): allocate per run and give them back
+    opts.enable_cpu_mem_arena = False
     return opts
 
 

@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput
-from service.http.v2.codec import InputTensor
+from service.http.v2.codec import InferRequest, InputTensor
 from service.inference.runner import SeqResult
 from service.models.encoding import encode_text, in_data_units, softmax
 from service.models.manifest import FeaturesInput, Manifest, RegressionOutput, TextInput
+from service.models.output_size import (
+    fp32_tensor_bytes,
+    output_values_per_step,
+    state_values_per_sequence,
+)
 from service.models.registry import LoadedModel, State
 
 INPUT = "INPUT"
@@ -227,6 +232,28 @@ def model_inputs(
         x = _features(m, main, max_steps, max_batch)
     seqs = list(x)
     return ModelInputs(seqs, _states(model, by_name, len(seqs)))
+
+
+def response_bytes(manifest: Manifest, inputs: ModelInputs, request: InferRequest) -> int:
+    """Upper bound of the response body for ``inputs``, before the model runs: the
+    outputs the request asks for (all when it names none), each binary or JSON as asked.
+    A name the model does not give counts nothing (it is refused once the outputs exist)."""
+    steps = sum(len(s) for s in inputs.seqs)
+    batch = len(inputs.seqs)
+    values = {OUTPUT: steps * output_values_per_step(manifest)}
+    for name, n in state_values_per_sequence(manifest).items():
+        values[state_tensor_name(name)] = batch * n
+    default_binary = request.binary_output_default
+    if request.outputs is None:
+        wanted = [(name, default_binary) for name in values]
+    else:
+        wanted = [
+            (o.name, default_binary if o.binary is None else o.binary) for o in request.outputs
+        ]
+    header = 256 + len(manifest.name) + 6 * len(request.id or "")
+    return header + sum(
+        128 + fp32_tensor_bytes(values[name], binary) for name, binary in wanted if name in values
+    )
 
 
 def model_outputs(manifest: Manifest, results: list[SeqResult]) -> np.ndarray:
