@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from service.errors import InvalidInput, ServeError
-from service.http.deps import Core, JsonBody, OptionalJsonBody, Owner
+from service.http.deps import Core, Owner, body_of
 from service.http.gate import check_output_budget
-from service.http.problems import problem_of
+from service.http.problems import INTERNAL_PROBLEM, problem_of
 from service.http.state import AppState
 from service.http.v1.schemas import (
     PROBLEM_RESPONSES,
@@ -23,15 +25,17 @@ from service.http.v1.schemas import (
     GenerateBody,
     PredictBody,
     SessionGenerateBody,
-    StepBody,
     request_body,
 )
+from service.http.v1.session_codec import session_view
 from service.inference.generation import GenStep, Rollout, check_generate_options, rollout
 from service.models.encoding import decode_sequence, parse_body_inputs
 from service.models.manifest import TextInput, is_version_number
 from service.models.output_size import v1_generated_step_bytes, v1_outputs_bytes
 from service.models.registry import LoadedModel
-from service.sessions.manager import SessionManager, session_view
+from service.sessions.manager import SessionManager
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
@@ -64,10 +68,27 @@ def _version(value: object, where: str = "version") -> int | None:
     return value
 
 
-def _model_name(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput("model must be a model name")
-    return value
+Predict = Annotated[PredictBody, Depends(body_of(PredictBody))]
+Generate = Annotated[GenerateBody, Depends(body_of(GenerateBody))]
+SessionGenerate = Annotated[SessionGenerateBody, Depends(body_of(SessionGenerateBody))]
+CreateSession = Annotated[CreateSessionBody, Depends(body_of(CreateSessionBody))]
+Fork = Annotated[ForkBody, Depends(body_of(ForkBody, required=False))]
+"""Bodies validated by the models ``/openapi.json`` publishes (``service.http.deps.body_of``)."""
+
+
+def _given(body: BaseModel, *names: str) -> dict[str, Any]:
+    """The fields among ``names`` that the client sent, by name (the core's body form)."""
+    sent = body.model_fields_set
+    return {name: getattr(body, name) for name in names if name in sent}
+
+
+def _options(body: GenerateBody | SessionGenerateBody) -> dict[str, Any]:
+    return {
+        "steps": body.steps,
+        "temperature": body.temperature,
+        "top_k": body.top_k,
+        "seed": body.seed,
+    }
 
 
 # -- models -------------------------------------------------------------------------------
@@ -101,14 +122,15 @@ async def get_model(core: Core, owner: Owner, name: str, version: str | None = N
 
 
 @router.post("/models/{name}/predict", tags=["models"], openapi_extra=request_body(PredictBody))
-async def predict(core: Core, owner: Owner, name: str, body: JsonBody) -> Response:
-    model = core.registry.get(name, _version(body.get("version")))
-    mode = body.get("return", "last")
-    if mode not in ("last", "all"):
-        raise InvalidInput("return must be 'last' or 'all'")
+async def predict(core: Core, owner: Owner, name: str, body: Predict) -> Response:
+    model = core.registry.get(name, body.version)
+    mode = body.return_
     settings = core.settings
     seqs, batched = parse_body_inputs(
-        model.manifest, body, settings.max_steps_per_request, settings.max_batch_sequences
+        model.manifest,
+        _given(body, "inputs", "text"),
+        settings.max_steps_per_request,
+        settings.max_batch_sequences,
     )
     estimate = v1_outputs_bytes(
         model.manifest, [len(s) for s in seqs], mode == "all", settings.top_k_default
@@ -129,9 +151,9 @@ async def predict(core: Core, owner: Owner, name: str, body: JsonBody) -> Respon
 
 
 def _context(
-    model: LoadedModel, body: dict[str, Any], max_steps: int, required: bool
+    model: LoadedModel, body: GenerateBody | SessionGenerateBody, max_steps: int, required: bool
 ) -> np.ndarray | None:
-    context = body.get("context")
+    context = body.context
     if context is None:
         if required:
             raise InvalidInput("context is required", code="missing_context")
@@ -153,13 +175,6 @@ def _context(
     return seqs[0]
 
 
-def _stream_flag(body: dict[str, Any]) -> bool:
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidInput("stream must be true or false")
-    return stream
-
-
 def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -177,6 +192,9 @@ async def _sse_stream(
         yield _sse("end", {**end, "steps": len(result.text) if result.text else end.get("steps")})
     except ServeError as exc:
         yield _sse("error", problem_of(exc))
+    except Exception:  # the status line is sent: end the stream with an error event
+        log.exception("generation failed on %s", request.url.path)
+        yield _sse("error", INTERNAL_PROBLEM)
     finally:
         await steps.aclose()  # type: ignore[attr-defined]
 
@@ -203,17 +221,17 @@ def _generation_response(
 
 @router.post("/models/{name}/generate", tags=["models"], openapi_extra=request_body(GenerateBody))
 async def generate(
-    request: Request, core: Core, owner: Owner, name: str, body: JsonBody
+    request: Request, core: Core, owner: Owner, name: str, body: Generate
 ) -> Response:
-    model = core.registry.get(name, _version(body.get("version")))
-    opts = check_generate_options(model, body, core.settings.max_generate_steps)
+    model = core.registry.get(name, body.version)
+    opts = check_generate_options(model, _options(body), core.settings.max_generate_steps)
     check_output_budget(
         opts.steps * v1_generated_step_bytes(model.manifest),
         core.settings.max_response_bytes,
         "this generation",
     )
     context = _context(model, body, core.settings.max_steps_per_request, required=True)
-    stream = _stream_flag(body)
+    stream = body.stream
     result = Rollout(state={}, last_output=np.zeros(0), fed_steps=0)
     steps = rollout(core.runner, model, model.zero_state(), None, context, opts, result)
     head = {"model": model.name, "version": model.version, "steps": opts.steps}
@@ -238,17 +256,9 @@ def _session_response(core: AppState, view: dict[str, Any], status: int = 200) -
 @router.post(
     "/sessions", tags=["sessions"], status_code=201, openapi_extra=request_body(CreateSessionBody)
 )
-async def create_session(core: Core, owner: Owner, body: JsonBody) -> Response:
-    unknown = set(body) - {"model", "version", "ttl_seconds", "state", "steps"}
-    if unknown:
-        raise InvalidInput(f"unknown fields: {sorted(unknown)}")
+async def create_session(core: Core, owner: Owner, body: CreateSession) -> Response:
     rec = await core.sessions.create(
-        owner,
-        _model_name(body.get("model")),
-        _version(body.get("version")),
-        ttl=body.get("ttl_seconds"),
-        state=body.get("state"),
-        steps=body.get("steps"),
+        owner, body.model, body.version, ttl=body.ttl_seconds, state=body.state, steps=body.steps
     )
     core.metrics.sessions_active.set(await core.store.count())
     return _session_response(core, session_view(rec), 201)
@@ -278,10 +288,7 @@ async def delete_session(core: Core, owner: Owner, session_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/sessions/{session_id}/step", tags=["sessions"], openapi_extra=request_body(StepBody))
-async def step_session(core: Core, owner: Owner, session_id: str, body: JsonBody) -> Response:
-    result = await core.sessions.step(owner, session_id, body)
-    return Response(result.raw, media_type="application/json")
+# POST /sessions/{session_id}/step: service.http.v1.step (the hot path, its own route)
 
 
 @router.post("/sessions/{session_id}/reset", tags=["sessions"])
@@ -295,10 +302,8 @@ async def reset_session(core: Core, owner: Owner, session_id: str) -> Response:
     status_code=201,
     openapi_extra=request_body(ForkBody, required=False),
 )
-async def fork_session(
-    core: Core, owner: Owner, session_id: str, body: OptionalJsonBody
-) -> Response:
-    rec = await core.sessions.fork(owner, session_id, ttl=body.get("ttl_seconds"))
+async def fork_session(core: Core, owner: Owner, session_id: str, body: Fork) -> Response:
+    rec = await core.sessions.fork(owner, session_id, ttl=body.ttl_seconds)
     core.metrics.sessions_active.set(await core.store.count())
     return _session_response(core, session_view(rec), 201)
 
@@ -324,11 +329,11 @@ async def get_session_state(core: Core, owner: Owner, session_id: str) -> Respon
     responses=GENERATE_RESPONSES,
 )
 async def generate_session(
-    request: Request, core: Core, owner: Owner, session_id: str, body: JsonBody
+    request: Request, core: Core, owner: Owner, session_id: str, body: SessionGenerate
 ) -> Response:
     rec = await core.sessions.get(owner, session_id)
     model = core.sessions.model_of(rec)
-    opts = check_generate_options(model, body, core.settings.max_generate_steps)
+    opts = check_generate_options(model, _options(body), core.settings.max_generate_steps)
     check_output_budget(
         opts.steps * v1_generated_step_bytes(model.manifest),
         core.settings.max_response_bytes,
@@ -339,10 +344,8 @@ async def generate_session(
         raise InvalidInput(
             "the session has no steps yet: give a context to generate from", code="missing_context"
         )
-    advance = body.get("advance", False)
-    if not isinstance(advance, bool):
-        raise InvalidInput("advance must be true or false")
-    stream = _stream_flag(body)
+    advance = body.advance
+    stream = body.stream
     result = Rollout(state={}, last_output=np.zeros(0), fed_steps=0)
     steps = core.sessions.generate(owner, session_id, context, opts, advance, result)
     head = {"id": session_id, "model": model.name, "version": model.version, "steps": opts.steps}

@@ -194,7 +194,7 @@ async def infer(
     request: Request, core: Core, owner: Owner, name: str, version: str | None = None
 ) -> Response:
     settings = core.settings
-    raw = await read_body(request, settings.max_body_bytes)
+    raw = await read_body(request, json_only=False)
     body = codec.decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
     header, binary = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
     req = codec.parse_request(header, binary)
