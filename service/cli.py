@@ -124,11 +124,11 @@ def _models(args: argparse.Namespace) -> int:
 
 _DELEGATED: dict[str, tuple[str, str]] = {
     "train": ("service.training.cli", "train_main"),
-    "import": ("service.training.cli", "import_main"),
+    "import": ("service.onnx_import.cli", "main"),
     "generate": ("service.client.cli", "generate_main"),
     "forecast": ("service.client.cli", "forecast_main"),
 }
-"""Subcommands implemented elsewhere, imported only when used (torch only for train/import)."""
+"""Subcommands implemented elsewhere, imported only when used (torch only for train)."""
 
 _EXTRAS: dict[str, str] = {"train": "train", "import": "import"}
 """The optional extra each delegated subcommand needs beyond the runtime."""

@@ -1,6 +1,6 @@
-"""Command lines for ``lstm-serve train`` and ``lstm-serve import`` (dispatched by service.cli).
+"""The command line of ``lstm-serve train`` (dispatched by service.cli).
 
-Run directly as ``python -m service.training.cli train RECIPE`` or ``... import FILE.onnx``.
+Run directly as ``python -m service.training.cli train RECIPE``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _default_store() -> Path:
 
 def train_main(args: list[str]) -> int:
     """``lstm-serve train RECIPE``: train, evaluate, export, verify and write a new version."""
-    from service.training.export import ExportVerificationError
+    from service.onnx_import.verify import VerificationError
     from service.training.recipes import RECIPES
     from service.training.train import BaselineNotBeaten, run_recipe
 
@@ -72,7 +72,7 @@ def train_main(args: list[str]) -> int:
     store = None if ns.dry_run else (ns.store or _default_store())
     try:
         result = run_recipe(recipe, store, strict=ns.strict, progress=not ns.quiet)
-    except (BaselineNotBeaten, ExportVerificationError, ModelStoreError, ValueError) as exc:
+    except (BaselineNotBeaten, VerificationError, ModelStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     m = result.manifest
@@ -90,21 +90,12 @@ def train_main(args: list[str]) -> int:
     return 0
 
 
-def import_main(args: list[str]) -> int:
-    """``lstm-serve import FILE.onnx --name NAME``: adopt an LSTM/GRU graph exported elsewhere."""
-    from service.onnx_import.importer import main
-
-    return main(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in {"train", "import"}:
-        print("usage: python -m service.training.cli {train,import} ...", file=sys.stderr)
+    if not argv or argv[0] != "train":
+        print("usage: python -m service.training.cli train ...", file=sys.stderr)
         return 2
-    if argv[0] == "train":
-        return train_main(argv[1:])
-    return import_main(argv[1:])
+    return train_main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import math
 import random
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,22 +37,21 @@ from service.models.manifest import (
     TextInput,
 )
 from service.models.store import next_version, write_version
+from service.onnx_import.verify import GraphPorts, StatePort
 from service.training import baselines
 from service.training.data import load_pydoc_topics
 from service.training.export import (
-    GraphPorts,
     ParityFigures,
-    StatePort,
     export_torchscript,
     rnn_dynamic_axes,
     verify_export,
 )
 from service.training.networks import CharLM, Forecaster, RecurrentNet
 from service.training.recipes import CharLMRecipe, ForecastRecipe, Recipe
+from service.training.text import UNKNOWN_CHAR, build_vocab, encode, lm_nll
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_CHAR = "\ufffd"
 PLACEHOLDER_SHA = "0" * 64
 
 
@@ -298,36 +296,6 @@ def train_forecaster(
 # --- character language model ----------------------------------------------------------------
 
 
-def build_vocab(train_text: str, min_count: int) -> list[str]:
-    """Sorted characters seen at least ``min_count`` times, plus the unknown character."""
-    counts = Counter(train_text)
-    kept = {c for c, k in counts.items() if k >= min_count}
-    kept.add(UNKNOWN_CHAR)
-    return sorted(kept)
-
-
-def encode(text: str, vocab: list[str]) -> npt.NDArray[np.int64]:
-    index = {c: i for i, c in enumerate(vocab)}
-    unknown = index[UNKNOWN_CHAR]
-    return np.fromiter((index.get(c, unknown) for c in text), dtype=np.int64, count=len(text))
-
-
-def _lm_nll(model: CharLM, ids: npt.NDArray[np.int64], chunk: int = 2048) -> float:
-    """Mean negative log-likelihood of ``ids[1:]``, running through ``ids`` carrying state."""
-    state = model.zero_state(1)
-    total = 0.0
-    count = 0
-    tokens = torch.from_numpy(ids)
-    with torch.no_grad():
-        for s in range(0, len(ids) - 1, chunk):
-            x = tokens[s : min(s + chunk, len(ids) - 1)][None]
-            y = tokens[s + 1 : s + 1 + x.shape[1]]
-            logits, state = model.run(x, state)
-            total += float(nn.functional.cross_entropy(logits[0], y, reduction="sum"))
-            count += int(y.shape[0])
-    return total / count
-
-
 def train_charlm(
     recipe: CharLMRecipe, store: Path | None, strict: bool = False, progress: bool = True
 ) -> TrainResult:
@@ -361,7 +329,7 @@ def train_charlm(
     train_seconds = time.perf_counter() - started
 
     metrics = {
-        "perplexity": math.exp(_lm_nll(model, test_ids)),
+        "perplexity": math.exp(lm_nll(model, test_ids)),
         "perplexity_unigram": baselines.unigram_perplexity(train_ids, test_ids, v),
         "perplexity_bigram": baselines.bigram_perplexity(train_ids, test_ids, v),
     }

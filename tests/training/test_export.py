@@ -8,17 +8,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.training.export import (
+from service.onnx_import.verify import (
     TOLERANCE,
-    ExportVerificationError,
     GraphPorts,
     StatePort,
-    export_torchscript,
+    VerificationError,
     ort_session,
-    rnn_dynamic_axes,
     run_graph,
-    verify_export,
 )
+from service.training.export import export_torchscript, rnn_dynamic_axes, verify_export
 from service.training.networks import CharLM, Forecaster, RecurrentNet
 
 pytestmark = [pytest.mark.train]
@@ -144,7 +142,7 @@ def test_verification_refuses_a_graph_that_does_not_step() -> None:
     )
     ports = GraphPorts("x", "y", (StatePort("h0", "hn", (1, 1, 16), 1),))
     probe = np.random.default_rng(0).standard_normal((2, 9, 3)).astype(np.float32)
-    with pytest.raises(ExportVerificationError, match="stepping"):
+    with pytest.raises(VerificationError, match="stepping"):
         verify_export(model, onnx_bytes, ports, probe)
 
 
@@ -153,5 +151,5 @@ def test_verification_refuses_a_graph_that_differs_from_torch() -> None:
     other = _forecaster("lstm", seed=2)
     onnx_bytes = _export(exported, torch.zeros(2, 5, 3))
     probe = np.random.default_rng(0).standard_normal((2, 9, 3)).astype(np.float32)
-    with pytest.raises(ExportVerificationError, match="differs from torch"):
+    with pytest.raises(VerificationError, match="differs from torch"):
         verify_export(other, onnx_bytes, _ports(other), probe)

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from service.models.registry import ModelRegistry
 from service.models.store import read_version
-from service.onnx_import.importer import TensorInfo, pair_states, state_name
-from service.training.cli import import_main
+from service.onnx_import.cli import main as import_main
+from service.onnx_import.graph import TensorInfo, pair_states, state_name
 from service.training.export import export_torchscript
 
 pytestmark = [pytest.mark.train]

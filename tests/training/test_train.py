@@ -10,16 +10,11 @@ import numpy as np
 import pytest
 
 from service.models.store import read_version, scan
+from service.onnx_import.verify import GraphPorts, StatePort, ort_session, step_vs_whole
 from service.training.cli import train_main
-from service.training.export import GraphPorts, StatePort, ort_session, step_vs_whole
 from service.training.recipes import RECIPES, CharLMRecipe, ForecastRecipe
-from service.training.train import (
-    BaselineNotBeaten,
-    Evaluation,
-    build_vocab,
-    encode,
-    run_recipe,
-)
+from service.training.text import build_vocab, encode
+from service.training.train import BaselineNotBeaten, Evaluation, run_recipe
 
 pytestmark = [pytest.mark.train]
 
