@@ -522,7 +522,7 @@ async def test_the_step_fast_path_answers_an_internal_fault_with_a_problem(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug, not the client's fault")
 
-    monkeypatch.setattr(app.state.core.sessions, "step", broken)
+    monkeypatch.setattr(app.state.core.sessions, "advance", broken)
     r = await client.post(f"/v1/sessions/{sid}/step", json={"inputs": SEQ[:1]})
     assert_problem(r, 500, "internal_error")
     assert "a bug" not in r.text and len(r.headers["x-request-id"]) == 32
