@@ -187,20 +187,19 @@ async def test_a_model_or_store_failure_changes_nothing(
     def failing_run(*args: object, **kwargs: object) -> object:
         raise InferenceError("the model failed")
 
-    with monkeypatch.context() as m:
-        m.setattr(manager.runner, "run", failing_run)
-        with pytest.raises(InferenceError):
-            await manager.advance("alice", rec.id, arr([SEQ[2]]))
-    await assert_unchanged(manager, before)
-
     async def failing_save(new: SessionRecord, expected_revision: int) -> bool:
         raise StoreUnavailable("the store is down")
 
-    with monkeypatch.context() as m:
-        m.setattr(manager.store, "save", failing_save)
-        with pytest.raises(StoreUnavailable):
-            await manager.advance("alice", rec.id, arr([SEQ[2]]))
-    await assert_unchanged(manager, before)
+    failures: list[tuple[object, str, object, type[Exception]]] = [
+        (manager.runner, "run", failing_run, InferenceError),
+        (manager.store, "save", failing_save, StoreUnavailable),
+    ]
+    for target, name, failing, error in failures:
+        with monkeypatch.context() as m:
+            m.setattr(target, name, failing)
+            with pytest.raises(error):
+                await manager.advance("alice", rec.id, arr([SEQ[2]]))
+        await assert_unchanged(manager, before)
     # and the lock was let go: the next step applies
     assert (await manager.advance("alice", rec.id, arr([SEQ[2]]))).steps == 3
 
