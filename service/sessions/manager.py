@@ -15,6 +15,7 @@ format. Guarantees, whichever door a request came through:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,10 +25,10 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from service.errors import (
-    CapacityReached,
     InvalidInput,
     ModelNotFound,
     OffsetConflict,
+    SessionCorrupt,
     SessionGone,
     SessionNotFound,
     StoreUnavailable,
@@ -37,6 +38,7 @@ from service.inference.runner import Runner
 from service.metrics import Metrics
 from service.models.encoding import inputs_digest
 from service.models.registry import LoadedModel, ModelRegistry, State
+from service.sessions.limits import MAX_RESTORED_STEPS
 from service.sessions.locks import SessionLocks
 from service.sessions.record import LastApplied, SessionRecord
 from service.sessions.state_codec import decode_state, encode_state
@@ -66,6 +68,13 @@ def _owned(rec: SessionRecord, owner: str, kind: str) -> SessionRecord:
     if rec.owner != owner or rec.kind != kind:
         raise SessionNotFound(f"no session {rec.id!r}")
     return rec
+
+
+def _hide_foreign(exc: SessionGone, owner: str, session_id: str) -> None:
+    """Another key's expired, evicted or corrupt session is not found (404) to ``owner``,
+    exactly as an id that never existed."""
+    if exc.owner is not None and exc.owner != owner:
+        raise SessionNotFound(f"no session {session_id!r}") from None
 
 
 class Advance(NamedTuple):
@@ -116,7 +125,13 @@ class SessionManager:
     # -- lookup ---------------------------------------------------------------------------
 
     async def get(self, owner: str, session_id: str, kind: str = "session") -> SessionRecord:
-        return _owned(await self.store.load(session_id), owner, kind)
+        """``owner``'s session of ``kind``. Another key's session, live or gone, is not
+        found: only its owner learns that it expired, was evicted or is corrupt."""
+        try:
+            return _owned(await self.store.load(session_id), owner, kind)
+        except SessionGone as exc:
+            _hide_foreign(exc, owner, session_id)
+            raise
 
     def model_of(self, rec: SessionRecord) -> LoadedModel:
         try:
@@ -168,6 +183,8 @@ class SessionManager:
             steps = 0
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise InvalidInput("steps must be a non-negative integer")
+        if steps > MAX_RESTORED_STEPS:
+            raise InvalidInput(f"steps must be at most {MAX_RESTORED_STEPS}")
         if state is None and steps:
             raise InvalidInput("steps can only be given together with state")
         now = self.clock()
@@ -192,19 +209,16 @@ class SessionManager:
         return rec
 
     async def _insert(self, rec: SessionRecord) -> None:
-        await self._check_owner_limit(rec.owner, rec.kind)
-        await self.store.create(rec, self.settings.max_sessions)
+        settings = self.settings
+        await self.store.create(rec, settings.max_sessions, settings.max_sessions_per_key)
         if self.metrics is not None:
             self.metrics.sessions_created.inc()
 
-    async def _check_owner_limit(self, owner: str, kind: str) -> None:
-        limit = self.settings.max_sessions_per_key
-        if limit and len(await self.store.list(owner, kind)) >= limit:
-            raise CapacityReached(f"this key already holds {limit} sessions, the limit per key")
-
     async def delete(self, owner: str, session_id: str, kind: str = "session") -> None:
+        """Delete ``owner``'s session; a corrupt one too (it can do nothing else)."""
         async with self._locks(session_id):
-            await self.get(owner, session_id, kind)
+            with contextlib.suppress(SessionCorrupt):  # the owner's, or it names none
+                await self.get(owner, session_id, kind)
             await self.store.delete(session_id)
 
     async def reset(self, owner: str, session_id: str, kind: str = "session") -> SessionRecord:
@@ -268,7 +282,11 @@ class SessionManager:
         store = self.store
         for _ in range(attempts):
             if rec is None:
-                rec = _owned(await store.load(session_id), owner, kind)
+                try:
+                    rec = _owned(await store.load(session_id), owner, kind)
+                except SessionGone as exc:
+                    _hide_foreign(exc, owner, session_id)
+                    raise
             new, result = await change(rec)
             if new is None or await store.save(new, rec.revision):
                 return result

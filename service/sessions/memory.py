@@ -44,15 +44,20 @@ class MemoryStore:
         tomb = self._tombstones.get(session_id)
         if tomb is not None:
             if now < tomb.until:
-                raise SessionGone(f"session {session_id!r} {tomb.reason}", tomb.reason)
+                raise SessionGone(f"session {session_id!r} {tomb.reason}", tomb.reason, tomb.owner)
             del self._tombstones[session_id]
         raise SessionNotFound(f"no session {session_id!r}")
 
-    async def create(self, rec: SessionRecord, max_sessions: int) -> None:
+    async def create(self, rec: SessionRecord, max_sessions: int, max_per_owner: int = 0) -> None:
+        # no await between the checks and the insert: one atomic step on the event loop
         if len(self._records) >= max_sessions:
-            await self.sweep()
+            self._sweep()
             if len(self._records) >= max_sessions:
                 raise CapacityReached(f"session limit of {max_sessions} reached")
+        if max_per_owner and len(self._list(rec.owner, rec.kind)) >= max_per_owner:
+            raise CapacityReached(
+                f"this key already holds {max_per_owner} sessions, the limit per key"
+            )
         self._tombstones.pop(rec.id, None)
         self._records[rec.id] = rec
 
@@ -77,13 +82,16 @@ class MemoryStore:
         self._bury(rec, reason, self._clock())
         return True
 
-    async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
+    def _list(self, owner: str, kind: str) -> list[SessionRecord]:
         now = self._clock()
         return [
             r
             for r in self._records.values()
             if r.owner == owner and r.kind == kind and now < r.expires_at
         ]
+
+    async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
+        return self._list(owner, kind)
 
     async def count(self) -> int:
         return len(self._records)
@@ -92,6 +100,9 @@ class MemoryStore:
         return None
 
     async def sweep(self) -> int:
+        return self._sweep()
+
+    def _sweep(self) -> int:
         now = self._clock()
         expired = [r for r in self._records.values() if now >= r.expires_at]
         for rec in expired:

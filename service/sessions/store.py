@@ -20,11 +20,14 @@ from service.sessions.record import SessionRecord
 class SessionStore(Protocol):
     """Persistence for session records. Raise ``StoreUnavailable`` when unreachable."""
 
-    async def create(self, rec: SessionRecord, max_sessions: int) -> None:
-        """Insert a new record; ``CapacityReached`` when ``max_sessions`` live ones exist."""
+    async def create(self, rec: SessionRecord, max_sessions: int, max_per_owner: int = 0) -> None:
+        """Insert a new record; ``CapacityReached`` when ``max_sessions`` live ones exist, or
+        ``max_per_owner`` (0: no limit) of ``rec.owner``'s of ``rec.kind``. The checks and the
+        insert are one atomic step (across replicas too)."""
 
     async def load(self, session_id: str) -> SessionRecord:
-        """The live record, or ``SessionGone`` (tombstone) or ``SessionNotFound``."""
+        """The live record, or ``SessionGone`` (tombstone, naming its owner),
+        ``SessionCorrupt`` (a record that fails validation) or ``SessionNotFound``."""
 
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
         """Replace the record if its stored revision is ``expected_revision``; False if not.
@@ -42,7 +45,7 @@ class SessionStore(Protocol):
         """Remove a live record leaving a tombstone with ``reason``."""
 
     async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
-        """The live records of one owner."""
+        """The live records of one owner (a corrupt one is left out)."""
 
     async def count(self) -> int:
         """Live records, all owners."""
