@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await runner.close()
             await store.close()
+            log.info("Application shutdown complete")
 
     app = FastAPI(
         title="lstm-serve",
