@@ -120,3 +120,11 @@ def test_every_error_code_in_the_reference_exists() -> None:
 def test_the_collection_finds_known_codes(code: str) -> None:
     assert code in service_codes()
     assert code in documented_codes()
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = (REPO / "docs" / "deployment.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `LSTM_SERVE_([A-Z0-9_]+)` \|", table, re.MULTILINE))
+    fields = {name.upper() for name in Settings.model_fields}
+    assert fields - documented == set(), "settings missing from docs/deployment.md"
+    assert documented - fields == set(), "docs/deployment.md lists settings that do not exist"
