@@ -154,7 +154,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # instrumentation would cost 3-8% of a session step's CPU for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings  # the server reads its WebSocket frame limit here
     app.state.settings = settings
     app.add_exception_handler(ServeError, serve_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

@@ -9,10 +9,8 @@ Protocol (see ``docs/streaming.md``):
   store unavailable, ...) gets ``{"error": {problem details}}`` and the socket stays open;
 - every frame passes the gate (``service.http.gate``) as a request does: it takes a
   rate-limit token (``rate_limited`` error frame when the key has none left) and may be at
-  most ``LSTM_SERVE_MAX_BODY_BYTES``. ``lstm-serve serve`` sets the server's WebSocket
-  message limit to the same size, so the server closes a socket with 1009 (message too
-  big) as soon as a frame passes it, without buffering the frame whole; under a server
-  that delivers a larger frame, the gate answers it with a ``request_too_large`` frame;
+  most ``LSTM_SERVE_MAX_BODY_BYTES``: a larger frame is answered with a
+  ``request_too_large`` error frame (status 413) and the socket stays open;
 - the socket is closed with 4404 when the session does not exist (at connect, or when it
   is deleted), 4410 when it expired or was evicted, and 4401 when the API key is missing
   or wrong; 1013 (try again later) when the session store does not answer at connect or
