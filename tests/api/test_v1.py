@@ -19,6 +19,7 @@ from service.settings import Settings
 
 SEQ = [[0.5, 1.0, -2.0], [1.5, 0.0, 3.0], [2.0, 2.0, 2.0], [-1.0, 0.25, 0.0]]
 PROBLEM = "application/problem+json"
+JSON = {"content-type": "application/json"}
 
 
 def assert_problem(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -189,8 +190,10 @@ async def test_400_malformed_bodies_change_nothing(client: httpx.AsyncClient) ->
             f"/v1/sessions/{sid}/step", content=raw, headers={"content-type": "application/json"}
         )
         assert_problem(r, 400, "malformed_request")
-    assert_problem(await client.post("/v1/models/tiny_lstm/predict", content=b"{"), 400)
-    assert_problem(await client.post("/v1/sessions", content=b"{"), 400)
+    assert_problem(
+        await client.post("/v1/models/tiny_lstm/predict", content=b"{", headers=JSON), 400
+    )
+    assert_problem(await client.post("/v1/sessions", content=b"{", headers=JSON), 400)
     assert await snapshot(client, sid) == before
 
 
@@ -223,9 +226,9 @@ async def test_422_nan_and_infinity(client: httpx.AsyncClient, literal: bytes) -
     sid = await new_session(client)
     before = await snapshot(client, sid)
     raw = b'{"inputs": [[1.0, 2.0, ' + literal + b"]]}"
-    r = await client.post(f"/v1/sessions/{sid}/step", content=raw)
+    r = await client.post(f"/v1/sessions/{sid}/step", content=raw, headers=JSON)
     assert_problem(r, 422, "non_finite")
-    r = await client.post("/v1/models/tiny_lstm/predict", content=raw)
+    r = await client.post("/v1/models/tiny_lstm/predict", content=raw, headers=JSON)
     assert_problem(r, 422, "non_finite")
     assert await snapshot(client, sid) == before
 
@@ -293,7 +296,10 @@ async def test_404s(client: httpx.AsyncClient) -> None:
         ("DELETE", ""),
         ("POST", "/generate"),
     ]:
-        r = await client.request(method, f"/v1/sessions/doesnotexist{suffix}", json={"inputs": SEQ})
+        body = {"context": SEQ} if suffix == "/generate" else {"inputs": SEQ}
+        if suffix in ("/reset", "/fork"):
+            body = {}
+        r = await client.request(method, f"/v1/sessions/doesnotexist{suffix}", json=body)
         assert_problem(r, 404, "session_not_found")
     assert_problem(await client.get("/v1/nothing-here"), 404)
 
@@ -330,7 +336,7 @@ async def test_413_large_bodies(tiny_store: Path) -> None:
                 yield b"[1.0, 2.0, 3.0],"
             yield b"[1.0, 2.0, 3.0]]}"
 
-        r = await client.post(f"/v1/sessions/{sid}/step", content=chunks())
+        r = await client.post(f"/v1/sessions/{sid}/step", content=chunks(), headers=JSON)
         assert_problem(r, 413, "request_too_large")
         assert await snapshot(client, sid) == before
 
