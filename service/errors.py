@@ -49,6 +49,11 @@ class InvalidInput(ServeError):
             self.code = code
 
 
+class UnknownField(InvalidInput):
+    """A body names a field its published schema does not have (a typo, usually): 422 at
+    every door, ``/v2`` included."""
+
+
 class MalformedRequest(InvalidInput):
     code = "malformed_request"
     title = "Malformed request"

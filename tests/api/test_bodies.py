@@ -1,8 +1,8 @@
 """Request bodies: what ``/openapi.json`` publishes is what the server enforces.
 
 - every body the document publishes says ``additionalProperties: false``, and a misspelled
-  field in it is 422 ``invalid_input`` naming the field (400 ``{"error"}`` on ``/v2``,
-  Triton's status for a bad request);
+  field in it is 422 naming the field (``invalid_input`` on ``/v1``, ``{"error"}`` on
+  ``/v2``);
 - the step's fast validator (a ``TypeAdapter``) accepts and rejects exactly the bodies the
   published schema does;
 - values that parse but overflow a float, a denormal temperature, lone surrogates and
@@ -109,14 +109,14 @@ def test_a_misspelled_field_in_a_frame_is_an_error_frame(tiny_store: Path) -> No
             assert json.loads(ws.receive_text())["steps"] == 1  # the socket stays open
 
 
-async def test_a_misspelled_field_in_a_v2_request_is_400(client: httpx.AsyncClient) -> None:
+async def test_a_misspelled_field_in_a_v2_request_is_422(client: httpx.AsyncClient) -> None:
     tensor = {"name": "INPUT", "datatype": "FP32", "shape": [1, 1, 3], "data": [1, 2, 3]}
     for body in (
         {"inputs": [tensor], "ouputs": []},
         {"inputs": [{**tensor, "dat": [1]}]},
     ):
         r = await client.post("/v2/models/tiny_lstm/infer", json=body)
-        assert r.status_code == 400 and "unknown field" in r.json()["error"], r.text
+        assert r.status_code == 422 and "unknown field" in r.json()["error"], r.text
     assert (
         "ouputs"
         in (

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, UnknownField
 
 F32_MAX = float(np.finfo(np.float32).max)
 INT64_MAX = 2**63 - 1
@@ -140,7 +140,7 @@ def invalid_body(exc: ValidationError) -> InvalidInput:
     unknown = [_where(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
-        return InvalidInput(f"unknown field {names}: not in the request schema", fields=unknown)
+        return UnknownField(f"unknown field {names}: not in the request schema", fields=unknown)
     seen: dict[str, list[str]] = {}
     codes: set[str] = set()
     for e in errors:

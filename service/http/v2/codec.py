@@ -73,7 +73,7 @@ class RequestOutput(TypedDict):
 
 class InferRequestBody(BaseModel):
     """The Open Inference Protocol's inference request (its JSON header): unknown fields
-    are refused (400 on ``/v2``, naming them)."""
+    are refused (422, naming them)."""
 
     model_config = _STRICT
     id: str | None = None
