@@ -1,7 +1,8 @@
 """One suite for every ``SessionStore``: the in-memory store and Redis (a real server).
 
 Memory runs on a fake clock; Redis on real time with one-second TTLs, since its expiry is
-Redis's own. Each Redis case gets a unique key prefix and deletes its keys afterwards.
+Redis's own. Each Redis case gets a database of its own on this run's private server
+(``redis_url``) and a unique key prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
 from service.errors import (
     CapacityReached,
@@ -39,7 +39,6 @@ from service.settings import Settings
 from tests.e2e.server import free_port
 from tests.redis_process import RedisProcess
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TTL = 1
 """Seconds; Redis expiry is real time, so the expiry cases wait about two TTLs."""
 
@@ -64,16 +63,6 @@ class Backend:
     """A second store on the same data, as another replica would have (Redis only)."""
 
 
-async def _cleanup(prefix: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
@@ -86,23 +75,23 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         yield Backend(MemoryStore(clock=clock, on_gone=gone.append), clock, advance, gone)
         return
 
+    url = request.getfixturevalue("redis_url")
     prefix = f"test:{uuid.uuid4().hex}:"
     gone = []
     extra: list[RedisStore] = []
 
     def another() -> SessionStore:
-        s = RedisStore.from_url(REDIS_URL, prefix=prefix)
+        s = RedisStore.from_url(url, prefix=prefix)
         extra.append(s)
         return s
 
-    store = RedisStore.from_url(REDIS_URL, on_gone=gone.append, prefix=prefix)
+    store = RedisStore.from_url(url, on_gone=gone.append, prefix=prefix)
     try:
         yield Backend(store, time.time, asyncio.sleep, gone, another)
     finally:
         await store.close()
         for s in extra:
             await s.close()
-        await _cleanup(prefix)
 
 
 _rng = np.random.default_rng(7)
@@ -393,10 +382,10 @@ async def test_concurrent_increments_lose_nothing(backend: Backend) -> None:
 
 
 @pytest.mark.redis
-async def test_two_replicas_racing_one_save_exactly_one_wins() -> None:
+async def test_two_replicas_racing_one_save_exactly_one_wins(redis_url: str) -> None:
     prefix = f"test:{uuid.uuid4().hex}:"
-    a = RedisStore.from_url(REDIS_URL, prefix=prefix)
-    b = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    a = RedisStore.from_url(redis_url, prefix=prefix)
+    b = RedisStore.from_url(redis_url, prefix=prefix)
     try:
         rec = make_record(time.time(), ttl=60)
         await a.create(rec, 10)
@@ -412,7 +401,6 @@ async def test_two_replicas_racing_one_save_exactly_one_wins() -> None:
     finally:
         await a.close()
         await b.close()
-        await _cleanup(prefix)
 
 
 # -- outage and recovery (Redis) ---------------------------------------------------------------

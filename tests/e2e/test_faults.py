@@ -35,8 +35,6 @@ from tests.redis_process import RedisProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
-SHARED_REDIS = "redis://127.0.0.1:6379/13"
-"""A database of its own (test_replicas.py uses 12), cleaned before and after."""
 MODEL = "weather_lstm"
 FEATURES = 4
 TOL = 1e-5
@@ -269,11 +267,11 @@ def _poll(condition: Callable[[], bool], timeout: float, what: str, load: Load) 
 
 
 def test_replica_sigkill_under_load_loses_and_duplicates_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str
 ) -> None:
     started = time.monotonic()
     faults: list[str] = []
-    with running_cluster(SHARED_REDIS, tmp_path) as cluster, stepping(cluster.url) as load:
+    with running_cluster(redis_url, tmp_path) as cluster, stepping(cluster.url) as load:
         load.wait_steps(200)
         for victim in (0, 1):
             port = cluster.replicas[victim].port

@@ -22,20 +22,24 @@ from websockets.asyncio.client import connect
 
 from tests.e2e.cluster import Cluster, running_cluster, sequence
 from tests.e2e.server import Server, start_server
-from tests.redis_process import RedisProcess
+from tests.redis_process import RedisDatabases, RedisProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
-"""A database of its own: the replicas use the default key prefix, cleaned before and after."""
 MODEL = "weather_lstm"
 TOL = 1e-5
 N_REPLICAS = 3
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(REDIS_URL, tmp_path_factory.mktemp("cluster"), N_REPLICAS) as c:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, redis_databases: RedisDatabases
+) -> Iterator[Cluster]:
+    """The replicas on a Redis database of this module's own (on this run's server)."""
+    with (
+        redis_databases.database() as url,
+        running_cluster(url, tmp_path_factory.mktemp("cluster"), N_REPLICAS) as c,
+    ):
         yield c
 
 
