@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 import service
-from service.http.v2.sequences import KIND, store_id
+from service.oip.sequences import KIND, store_id
 from service.sessions.manager import Advance, SessionManager
 from tests.api.test_stream import create, websocket
 from tests.api.test_v2 import features, infer, output, seq_body, v1_predict

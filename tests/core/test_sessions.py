@@ -24,11 +24,11 @@ from service.errors import (
     StoreUnavailable,
 )
 from service.http.v1.session_codec import step_offset, step_parser, step_response
-from service.http.v2.sequences import KIND, SequenceParams, Sequences, store_id
 from service.inference.runner import Runner, SeqResult, run_sync
 from service.models.encoding import denormalise
 from service.models.manifest import RegressionOutput
 from service.models.registry import ModelRegistry
+from service.oip.sequences import KIND, SequenceParams, Sequences, store_id
 from service.sessions.locks import SessionLocks
 from service.sessions.manager import Advance, SessionManager
 from service.sessions.memory import MemoryStore

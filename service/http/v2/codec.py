@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import gzip
 import math
-import struct
 import zlib
-from dataclasses import dataclass, field
 from typing import Annotated, Any, NotRequired
 
 import numpy as np
@@ -28,29 +26,18 @@ from typing_extensions import TypedDict
 from service.errors import InvalidInput, MalformedRequest, RequestTooLarge
 from service.http.deps import parse_json
 from service.http.v1.schemas import validate_body
+from service.oip.messages import (
+    DTYPES,
+    MAX_RANK,
+    InferRequest,
+    InputTensor,
+    OutputTensor,
+    RequestedOutput,
+    array_from_bytes,
+    tensor_shape,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
-
-DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("bool"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-"""Protocol datatypes with a fixed element size (``BYTES`` is handled separately)."""
-
-_MAX_RANK = 8
-_MAX_ELEMENTS = 2**32
-"""Most elements a tensor's shape may describe (its non-zero dimensions multiplied): even a
-tensor with a zero dimension, and so no data, is refused beyond this."""
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 Dim = Annotated[int, Field(ge=0, le=2**63 - 1)]
@@ -60,7 +47,7 @@ class RequestInput(TypedDict):
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     name: Annotated[str, Field(min_length=1)]
     datatype: str
-    shape: Annotated[list[Dim], Field(max_length=_MAX_RANK)]
+    shape: Annotated[list[Dim], Field(max_length=MAX_RANK)]
     parameters: NotRequired[dict[str, Any]]
     data: NotRequired[list[Any]]
 
@@ -80,35 +67,6 @@ class InferRequestBody(BaseModel):
     parameters: dict[str, Any] | None = None
     inputs: Annotated[list[RequestInput], Field(min_length=1)]
     outputs: list[RequestOutput] | None = None
-
-
-@dataclass
-class InputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    array: np.ndarray
-    """Fixed-size datatypes: the values in ``shape``; ``BYTES``: a flat object array of bytes."""
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    name: str
-    binary: bool | None
-    """The output's own ``binary_data`` parameter, None when it does not say."""
-
-
-@dataclass
-class InferRequest:
-    inputs: list[InputTensor]
-    outputs: list[RequestedOutput] | None
-    """None when the request names no outputs: every output is returned."""
-    parameters: dict[str, Any] = field(default_factory=dict)
-    id: str | None = None
-
-    @property
-    def binary_output_default(self) -> bool:
-        return self.parameters.get("binary_data_output") is True
 
 
 # -- request body ------------------------------------------------------------------------
@@ -153,12 +111,6 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
             f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
         )
     return body[:n], body[n:]
-
-
-def _shape(value: list[int], where: str) -> tuple[int, ...]:
-    if math.prod(d for d in value if d) > _MAX_ELEMENTS:
-        raise InvalidInput(f"{where}: shape {value} describes more than {_MAX_ELEMENTS} elements")
-    return tuple(value)
 
 
 def _flat_data(data: object, shape: tuple[int, ...], where: str) -> list[Any]:
@@ -219,28 +171,6 @@ def _json_bytes(data: object, shape: tuple[int, ...], where: str) -> np.ndarray:
     return np.asarray([v.encode() for v in flat] or [], dtype=object)
 
 
-def deserialize_bytes(raw: bytes, count: int, where: str) -> np.ndarray:
-    """Triton's BYTES serialisation: per element a little-endian uint32 length, then the bytes."""
-    items: list[bytes] = []
-    pos = 0
-    while pos < len(raw):
-        if pos + 4 > len(raw):
-            raise InvalidInput(f"{where}: truncated BYTES element length")
-        (n,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if pos + n > len(raw):
-            raise InvalidInput(f"{where}: BYTES element of {n} bytes overruns the data")
-        items.append(raw[pos : pos + n])
-        pos += n
-    if len(items) != count:
-        raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(items)}")
-    return np.asarray(items or [], dtype=object)
-
-
-def serialize_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in items)
-
-
 def parse_request(header: bytes, binary: bytes) -> InferRequest:
     """Parse the JSON header and slice the binary tail into the inputs that claim it."""
     if not header.strip():
@@ -262,8 +192,7 @@ def parse_request(header: bytes, binary: bytes) -> InferRequest:
         datatype = t["datatype"]
         if datatype not in DTYPES and datatype != "BYTES":
             raise InvalidInput(f"{where}: unsupported datatype {datatype!r}")
-        shape = _shape(t["shape"], where)
-        count = math.prod(shape)
+        shape = tensor_shape(t["shape"], where)
         params = t.get("parameters") or {}
         size = params.get("binary_data_size")
         if size is not None:
@@ -278,18 +207,7 @@ def parse_request(header: bytes, binary: bytes) -> InferRequest:
                 )
             chunk = binary[offset : offset + size]
             offset += size
-            if datatype == "BYTES":
-                array = deserialize_bytes(chunk, count, where)
-            else:
-                dtype = DTYPES[datatype]
-                if size != count * dtype.itemsize:
-                    raise InvalidInput(
-                        f"{where}: shape {list(shape)} of {datatype} needs "
-                        f"{count * dtype.itemsize} bytes, binary_data_size is {size}"
-                    )
-                array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
-                if dtype.kind == "f" and not np.isfinite(array).all():
-                    raise InvalidInput(f"{where}: data must be finite (no NaN or Infinity)")
+            array = array_from_bytes(chunk, datatype, shape, where)
         elif "data" in t:
             if datatype == "BYTES":
                 array = _json_bytes(t["data"], shape, where)
@@ -321,14 +239,6 @@ def _requested_outputs(value: list[RequestOutput] | None) -> list[RequestedOutpu
 
 
 # -- response body -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OutputTensor:
-    name: str
-    array: np.ndarray
-    """float32 values (this service only returns FP32 tensors)."""
-    binary: bool
 
 
 def encode_response(

@@ -1,7 +1,7 @@
 """``/v2``: the Open Inference Protocol's HTTP routes, a thin layer over the core.
 
-Inference goes through ``core.runner`` and sequence state through ``core.sessions``;
-this module only reads requests, checks them against the model and writes responses.
+What a request does is the shared ``service.oip.dataplane.DataPlane`` (the gRPC door calls
+it too); this module only reads the HTTP wire format (``codec``) and writes responses.
 Every ``ServeError`` raised here (or in a dependency, such as authentication) becomes
 ``{"error": ...}`` with Triton's status code through ``V2Route``.
 """
@@ -11,26 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from service.errors import InvalidInput, ModelNotFound, ServeError
+from service.errors import ServeError
 from service.http.deps import Core, Owner, read_body
-from service.http.gate import check_output_budget
 from service.http.health import readiness
-from service.http.state import AppState
-from service.http.v2 import codec, tensors
+from service.http.v2 import codec
 from service.http.v2.errors import error_response, v2_error
-from service.http.v2.sequences import SequenceParams, Sequences, sequence_params
-from service.inference.runner import SeqResult
-from service.models.manifest import is_version_number
-from service.models.registry import LoadedModel
-
-SERVER_NAME = "lstm-serve"
-EXTENSIONS = ["binary_tensor_data", "parameters", "sequence", "model_configuration"]
+from service.oip.dataplane import DataPlane
 
 
 class V2Route(APIRoute):
@@ -80,21 +71,8 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def _version(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not is_version_number(value):
-        raise ModelNotFound(f"model version {value!r} is not a positive integer")
-    return int(value)
-
-
-def _server_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lstm-serve")
-    except PackageNotFoundError:
-        return "0"
+def _plane(core: Core) -> DataPlane:
+    return DataPlane(core.sessions)
 
 
 # -- server and health --------------------------------------------------------------------
@@ -102,7 +80,7 @@ def _server_version() -> str:
 
 @router.get("")
 async def server_metadata(core: Core, owner: Owner) -> Response:
-    return _json({"name": SERVER_NAME, "version": _server_version(), "extensions": EXTENSIONS})
+    return _json(_plane(core).server_metadata())
 
 
 @router.get("/health/live", response_class=Response, responses=EMPTY_OK)
@@ -121,71 +99,28 @@ async def ready(core: Core) -> Response:
 # -- models -------------------------------------------------------------------------------
 
 
-def _model(core: AppState, name: str, version: str | None) -> LoadedModel:
-    return core.registry.get(name, _version(version))
-
-
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(
     core: Core, owner: Owner, name: str, version: str | None = None
 ) -> Response:
-    model = _model(core, name, version)
-    return _json(tensors.metadata(model, core.registry.versions(name)))
+    return _json(_plane(core).model_metadata(name, version))
 
 
 @router.get("/models/{name}/ready", response_class=Response, responses=EMPTY_OK)
 @router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=EMPTY_OK)
 async def model_ready(core: Core, owner: Owner, name: str, version: str | None = None) -> Response:
-    _model(core, name, version)
+    _plane(core).model(name, version)
     return Response(status_code=200)
 
 
 @router.get("/models/{name}/config")
 @router.get("/models/{name}/versions/{version}/config")
 async def model_config(core: Core, owner: Owner, name: str, version: str | None = None) -> Response:
-    model = _model(core, name, version)
-    s = core.settings
-    return _json(tensors.config(model, s.max_batch_sequences, s.session_ttl_seconds))
+    return _json(_plane(core).model_config(name, version))
 
 
 # -- inference ----------------------------------------------------------------------------
-
-
-async def _run(
-    core: AppState,
-    owner: str,
-    model: LoadedModel,
-    params: SequenceParams,
-    inputs: tensors.ModelInputs,
-) -> list[SeqResult]:
-    if params.id is None:
-        return await core.runner.run(model, inputs.seqs, inputs.states)
-    if len(inputs.seqs) != 1:
-        raise InvalidInput(
-            f"a request in sequence {params.id} must have batch size 1, got {len(inputs.seqs)}"
-        )
-    explicit = inputs.states[0] if inputs.states is not None else None
-    result = await Sequences(core.sessions).step(owner, model, params, inputs.seqs[0], explicit)
-    return [result]
-
-
-def _select_outputs(
-    model: LoadedModel, request: codec.InferRequest, values: dict[str, np.ndarray]
-) -> list[codec.OutputTensor]:
-    default_binary = request.binary_output_default
-    if request.outputs is None:
-        return [codec.OutputTensor(n, values[n], default_binary) for n in values]
-    chosen: list[codec.OutputTensor] = []
-    for out in request.outputs:
-        if out.name not in values:
-            raise InvalidInput(
-                f"unexpected inference output '{out.name}' for model '{model.name}'; "
-                f"it gives {list(values)}"
-            )
-        binary = default_binary if out.binary is None else out.binary
-        chosen.append(codec.OutputTensor(out.name, values[out.name], binary))
-    return chosen
 
 
 @router.post("/models/{name}/infer", responses=INFER_OK)
@@ -198,21 +133,9 @@ async def infer(
     body = codec.decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
     header, binary = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
     req = codec.parse_request(header, binary)
-    params = sequence_params(req.parameters)
-    model = await Sequences(core.sessions).resolve(owner, name, _version(version), params)
-    inputs = tensors.model_inputs(
-        model, req.inputs, settings.max_steps_per_request, settings.max_batch_sequences
-    )
-    estimate = tensors.response_bytes(model.manifest, inputs, req)
-    check_output_budget(estimate, settings.max_response_bytes, "this inference request")
-    results = await _run(core, owner, model, params, inputs)
-    m = model.manifest
-    values = {
-        tensors.OUTPUT: tensors.model_outputs(m, results),
-        **tensors.state_outputs(m, [r.state for r in results]),
-    }
-    chosen = _select_outputs(model, req, values)
-    out, header_length = codec.encode_response(model.name, model.version, chosen, req.id)
+    result = await _plane(core).infer(owner, name, version, req)
+    model = result.model
+    out, header_length = codec.encode_response(model.name, model.version, result.outputs, req.id)
     out, encoding = codec.compress(out, request.headers.get("accept-encoding"))
     headers: dict[str, str] = {}
     if encoding is not None:

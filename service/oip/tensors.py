@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput
-from service.http.v2.codec import InferRequest, InputTensor
 from service.inference.runner import SeqResult
 from service.models.encoding import encode_text, in_data_units, softmax
 from service.models.manifest import FeaturesInput, Manifest, RegressionOutput, TextInput
@@ -30,6 +29,7 @@ from service.models.output_size import (
     state_values_per_sequence,
 )
 from service.models.registry import LoadedModel, State
+from service.oip.messages import InferRequest, InputTensor
 
 INPUT = "INPUT"
 OUTPUT = "OUTPUT"
