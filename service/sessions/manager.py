@@ -38,7 +38,7 @@ from service.inference.runner import Runner
 from service.metrics import Metrics
 from service.models.encoding import inputs_digest
 from service.models.registry import LoadedModel, ModelRegistry, State
-from service.sessions.limits import MAX_RESTORED_STEPS
+from service.sessions.limits import MAX_RESTORED_STEPS, record_fits
 from service.sessions.locks import SessionLocks
 from service.sessions.record import LastApplied, SessionRecord
 from service.sessions.state_codec import decode_state, encode_state
@@ -134,13 +134,22 @@ class SessionManager:
             raise
 
     def model_of(self, rec: SessionRecord) -> LoadedModel:
+        """The model version ``rec`` runs on; ``SessionCorrupt`` if its tensors do not fit it
+        (a record written by something else: running it would fail inside the model)."""
         try:
-            return self.registry.get(rec.model, rec.version)
+            model = self.registry.get(rec.model, rec.version)
         except ModelNotFound as exc:
             raise SessionGone(
                 f"session {rec.id!r}: model {rec.model} version {rec.version} was removed",
                 "evicted",
             ) from exc
+        if not record_fits(rec, model):
+            raise SessionCorrupt(
+                f"session {rec.id!r} cannot be used: its stored state does not fit model "
+                f"{rec.model} version {rec.version}. Delete it and create a new one.",
+                rec.owner,
+            )
+        return model
 
     async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
         recs = await self.store.list(owner, kind)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -217,3 +218,38 @@ async def test_a_huge_restored_step_count_is_422_and_listing_still_works(
         r = await http.post(f"/v1/sessions/{big}/step", json={**ONE, "offset": largest}, headers=A)
         assert r.status_code == 200 and r.json()["steps"] == largest + 1
         assert (await http.get("/v1/sessions", headers=A)).status_code == 200
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("damage", ["other state names", "other state shape", "last output size"])
+async def test_a_consistent_record_that_does_not_fit_its_model_is_corrupt(
+    tiny_store: Path, redis_url: str, raw: aioredis.Redis, damage: str
+) -> None:
+    """Metadata and tensors agree with each other, but not with the model: 410, not a 500
+    from inside the model run."""
+    async with serving(tiny_store, session_store=redis_url) as (_, http):
+        sid = await _create(http)
+        assert (await http.post(f"/v1/sessions/{sid}/step", json=ONE, headers=A)).status_code == 200
+        key = f"lstm:s:{sid}"
+        got = await raw.hget(key, "m")
+        assert got is not None
+        meta = orjson.loads(got)
+        one = np.zeros(1, "<f4").tobytes()
+        if damage == "other state names":
+            meta["state"] = {"z": [1]}
+            await raw.hset(key, mapping={"m": orjson.dumps(meta), "x:z": one})
+        elif damage == "other state shape":
+            meta["state"]["h"] = [1]
+            await raw.hset(key, mapping={"m": orjson.dumps(meta), "x:h": one})
+        else:
+            meta["last_output"] = [1]
+            await raw.hset(key, mapping={"m": orjson.dumps(meta), "lo": one})
+        for path, body in [
+            (f"/v1/sessions/{sid}/step", ONE),
+            (f"/v1/sessions/{sid}/generate", {"steps": 2}),
+            (f"/v1/sessions/{sid}/fork", None),
+        ]:
+            r = await http.post(path, json=body, headers=A)
+            assert r.status_code == 410, (path, r.text)
+            assert r.json()["code"] == "session_corrupt"
+        assert (await http.delete(f"/v1/sessions/{sid}", headers=A)).status_code == 204
