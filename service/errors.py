@@ -6,7 +6,8 @@ Every error a client can cause, or that the service must report, is one of these
 
     ServeError
     ├── InvalidInput          well-formed but invalid (422)
-    │   └── MalformedRequest  the body cannot be parsed at all (400)
+    │   ├── MalformedRequest  the body cannot be parsed at all (400)
+    │   └── ModelNotStateful  a session or sequence of a whole-sequence-only model (422)
     ├── ModelNotFound         unknown model or version (404)
     ├── SessionNotFound       unknown session, or another key's (404)
     ├── SessionGone           expired or evicted, within the tombstone window (410)
@@ -57,6 +58,14 @@ class UnknownField(InvalidInput):
 class MalformedRequest(InvalidInput):
     code = "malformed_request"
     title = "Malformed request"
+
+
+class ModelNotStateful(InvalidInput):
+    """The model needs whole sequences (a bidirectional graph): it serves predict, but no
+    session, stream or sequence can step it."""
+
+    code = "model_not_stateful"
+    title = "Model not stateful"
 
 
 class ModelNotFound(ServeError):

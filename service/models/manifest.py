@@ -65,11 +65,15 @@ class FeaturesInput(_Scaled):
     names: list[str]
     mean: list[float]
     std: list[float]
+    units: list[str] | None = None
+    """Each feature's unit (``degC``, ``hPa``), where known."""
 
     @model_validator(mode="after")
     def _lengths(self) -> FeaturesInput:
         if not (len(self.names) == len(self.mean) == len(self.std) == self.size):
             raise ValueError("input names, mean and std must each have `size` entries")
+        if self.units is not None and len(self.units) != self.size:
+            raise ValueError("input units must have `size` entries")
         if any(s <= 0 for s in self.std):
             raise ValueError("input std must be positive")
         return self
@@ -113,11 +117,15 @@ class RegressionOutput(_Scaled):
     names: list[str]
     mean: list[float]
     std: list[float]
+    units: list[str] | None = None
+    """Each output's unit, where known."""
 
     @model_validator(mode="after")
     def _lengths(self) -> RegressionOutput:
         if not (len(self.names) == len(self.mean) == len(self.std) == self.size):
             raise ValueError("output names, mean and std must each have `size` entries")
+        if self.units is not None and len(self.units) != self.size:
+            raise ValueError("output units must have `size` entries")
         return self
 
 
@@ -162,6 +170,8 @@ class GraphSpec(_Strict):
     input_dtype: Literal["float32", "int64"] = "float32"
     time_major: bool = False
     """True when the data tensors are ``[time, batch, ...]`` instead of ``[batch, time, ...]``."""
+    sequence_lens: str | None = None
+    """A graph input taking each sequence's length (int32 ``[batch]``); the service fills it."""
 
 
 class Feedback(_Strict):
@@ -188,7 +198,22 @@ class Parity(_Strict):
     """Export verification figures (max absolute differences)."""
 
     torch_vs_onnx: float | None = None
-    step_vs_whole: float
+    step_vs_whole: float | None
+    """None only for a model that is not stateful (it cannot be stepped)."""
+    rewritten_vs_original: float | None = None
+    """For a graph whose state the importer exposed: the rewritten graph from zero state
+    against the graph as exported."""
+
+
+class ImportRecord(_Strict):
+    """How ``lstm-serve import`` made this version from a file exported elsewhere."""
+
+    source_file: str
+    source_sha256: str
+    producer: str
+    graph_rewritten: bool
+    decisions: list[str]
+    """The import's summary: every decision it took, one line each."""
 
 
 class Manifest(_Strict):
@@ -199,7 +224,7 @@ class Manifest(_Strict):
     version: int = Field(ge=1)
     description: str = ""
     task: Literal["regression", "language_model"]
-    cell: Literal["lstm", "gru"]
+    cell: Literal["lstm", "gru", "rnn"]
     layers: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
     onnx_file: str = "model.onnx"
@@ -214,6 +239,10 @@ class Manifest(_Strict):
     """Held-out metrics of the model and its naive baselines (``rmse``, ``rmse_persistence``)."""
     headline_metric: str | None = None
     parity: Parity
+    stateful: bool = True
+    """False for a graph that needs the whole sequence (a bidirectional one): served for
+    predict only; sessions, streams and sequences are refused."""
+    imported: ImportRecord | None = None
     libraries: dict[str, str] = Field(default_factory=dict)
     created_at: str
 
@@ -229,6 +258,8 @@ class Manifest(_Strict):
         names = [s.name for s in self.state]
         if len(set(names)) != len(names):
             raise ValueError("state tensor names must be unique")
+        if self.stateful and self.parity.step_vs_whole is None:
+            raise ValueError("a stateful model needs its step_vs_whole figure")
         if self.task == "language_model":
             if not isinstance(self.input, TextInput) or not isinstance(self.output, LogitsOutput):
                 raise ValueError("a language model takes text input and gives logits")
@@ -261,6 +292,8 @@ class Manifest(_Strict):
                 "size": self.input.size,
                 "names": self.input.names,
             }
+            if self.input.units is not None:
+                input_doc["units"] = self.input.units
         else:
             input_doc = {"kind": "text", "vocab_size": self.input.vocab_size}
         if isinstance(self.output, RegressionOutput):
@@ -269,6 +302,8 @@ class Manifest(_Strict):
                 "size": self.output.size,
                 "names": self.output.names,
             }
+            if self.output.units is not None:
+                output_doc["units"] = self.output.units
         else:
             output_doc = {"kind": "next_token_distribution", "vocab_size": self.output.size}
         return {
@@ -284,6 +319,7 @@ class Manifest(_Strict):
             "output": output_doc,
             "state": [{"name": s.name, "shape": s.shape} for s in self.state],
             "autoregressive": self.feedback.autoregressive,
+            "stateful": self.stateful,
             "training": self.training.model_dump() if self.training else None,
             "metrics": self.metrics,
             "headline_metric": self.headline_metric,

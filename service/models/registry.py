@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import InferenceError, ModelNotFound, ModelStoreError
+from service.errors import InferenceError, ModelNotFound, ModelNotStateful, ModelStoreError
 from service.models.encoding import denormalise, normalise
 from service.models.manifest import FeaturesInput, Manifest, RegressionOutput, StateTensor
 from service.models.store import StoredVersion, scan
@@ -76,6 +76,14 @@ class LoadedModel:
         """The state tensors' names, in the manifest's order (``h``, ``c``)."""
         return [s.name for s in self.manifest.state]
 
+    def require_stateful(self) -> None:
+        """Raise ModelNotStateful for a model that can only run whole sequences."""
+        if not self.manifest.stateful:
+            raise ModelNotStateful(
+                f"model {self.key} runs whole sequences only (its graph is bidirectional): "
+                "use predict; sessions, streams and sequences cannot step it"
+            )
+
     def zero_state(self) -> State:
         return {s.name: np.zeros(s.shape, dtype=np.float32) for s in self.manifest.state}
 
@@ -129,6 +137,8 @@ class LoadedModel:
         }
         for name, input_name, to_graph, _ in layout:
             feeds[input_name] = np.ascontiguousarray(states[name].transpose(to_graph))
+        if graph.sequence_lens is not None:
+            feeds[graph.sequence_lens] = np.full(x.shape[0], x.shape[1], dtype=np.int32)
         try:
             results = self.session.run(names, feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -157,6 +167,8 @@ def load_model(stored: StoredVersion, threads: int) -> LoadedModel:
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     want_in = {m.graph.input, *(s.input for s in m.state)}
+    if m.graph.sequence_lens is not None:
+        want_in.add(m.graph.sequence_lens)
     want_out = {m.graph.output, *(s.output for s in m.state)}
     if not want_in <= inputs or not want_out <= outputs:
         raise ModelStoreError(

@@ -1,6 +1,6 @@
-"""Reading a recurrent ONNX graph: its data tensors, its state input/output pairs (by
-common naming patterns or given), the batch axis of every state tensor and its layout.
-onnx and onnxruntime only.
+"""Reading a recurrent ONNX graph's explicit state: state input/output pairs (by common
+naming patterns or given), the batch axis of every state tensor, the cell. onnx and
+onnxruntime only.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ _PAIR_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
-_TIME_WORDS = ("time", "seq", "len", "step")
 
 
 def tensor_info(arg: ort.NodeArg) -> TensorInfo:
@@ -158,65 +157,3 @@ def cell_of(model: onnx.ModelProto, states: int, explicit: str | None) -> str:
     if "GRU" in ops:
         return "gru"
     return "lstm" if states == 2 else "gru"
-
-
-@dataclass(frozen=True)
-class Inspection:
-    data_in: TensorInfo
-    data_out: TensorInfo
-    pairs: list[StatePair]
-    batch_axes: list[int]
-
-
-def inspect(
-    session: ort.InferenceSession,
-    data_input: str | None,
-    data_output: str | None,
-    explicit_states: Sequence[tuple[str, str]],
-    batch_axis: int | None,
-) -> Inspection:
-    """Find the data tensors and state pairs of a recurrent graph."""
-    inputs = [tensor_info(a) for a in session.get_inputs()]
-    outputs = [tensor_info(a) for a in session.get_outputs()]
-    skip_in = {data_input} if data_input else set()
-    skip_out = {data_output} if data_output else set()
-    pairs = pair_states(
-        [t for t in inputs if t.name not in skip_in],
-        [t for t in outputs if t.name not in skip_out],
-        explicit_states,
-    )
-    if not pairs:
-        raise ImportProblem(
-            "found no state input/output pair by name; pass --state IN=OUT for each "
-            f"(inputs: {[t.name for t in inputs]}, outputs: {[t.name for t in outputs]})"
-        )
-    paired_in = {p.input.name for p in pairs}
-    paired_out = {p.output.name for p in pairs}
-    rest_in = [t for t in inputs if t.name not in paired_in]
-    rest_out = [t for t in outputs if t.name not in paired_out]
-    data_in = _pick(rest_in, data_input, "input")
-    data_out = _pick(rest_out, data_output, "output")
-    axes = [batch_axis_of(p.input.shape, batch_axis) for p in pairs]
-    return Inspection(data_in, data_out, pairs, axes)
-
-
-def _pick(candidates: list[TensorInfo], wanted: str | None, kind: str) -> TensorInfo:
-    if wanted is not None:
-        for t in candidates:
-            if t.name == wanted:
-                return t
-        raise ImportProblem(f"--{kind} {wanted!r} is not a graph {kind} that is left unpaired")
-    if len(candidates) != 1:
-        raise ImportProblem(
-            f"expected one data {kind} besides the state tensors, found "
-            f"{[t.name for t in candidates]}; pass --{kind}"
-        )
-    return candidates[0]
-
-
-def is_time_major(data_in: TensorInfo, flag: bool) -> bool:
-    """Data tensors are ``[time, batch, ...]``: as given, or by the first axis's name."""
-    if flag:
-        return True
-    first = data_in.shape[0] if data_in.shape else None
-    return isinstance(first, str) and any(w in first.lower() for w in _TIME_WORDS)

@@ -1,39 +1,60 @@
-"""Importing a recurrent ONNX model: the graph is read (``graph``), stepping it one step
-at a time while carrying the state is proven equal to one whole-sequence run on a random
-probe (``verify``), and a manifest describes it (identity normalisation unless statistics
-are given). The command line is ``service.onnx_import.cli``.
+"""Importing a recurrent ONNX model: find or expose its state, find its layout, prove it,
+describe it.
+
+1. State: input/output pairs found by name (or ``--state``) are used as they are. Without
+   any, every LSTM/GRU/RNN node's state is exposed by graph surgery (``surgery``); a
+   recurrence in ``Scan``/``Loop`` or unrolled into plain ops is refused.
+2. Layout: time-major or batch-major, by probing the graph (``probe``).
+3. Proof (``verify``, ``probe``): the rewritten graph from zero state equals the original,
+   and stepping with carried state equals one whole run (both <= ``TOLERANCE``), unless the
+   graph is bidirectional: then it is served for whole sequences only (``stateful: false``).
+4. A manifest: names, units, normalisation and feedback only as given (``features``).
+
+Nothing is written here; ``cli`` writes the result into a store. onnx and onnxruntime only.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from service.models.manifest import (
-    FeaturesInput,
     Feedback,
     GraphSpec,
+    ImportRecord,
     LogitsOutput,
     Manifest,
     Parity,
-    RegressionOutput,
     StateTensor,
     TextInput,
 )
+from service.onnx_import.features import feature_specs
 from service.onnx_import.graph import (
     ImportProblem,
+    TensorInfo,
+    batch_axis_of,
     cell_of,
-    inspect,
-    is_time_major,
+    pair_states,
     per_sequence,
     state_name,
+    tensor_info,
+)
+from service.onnx_import.probe import detect_time_major, probe_data, rewritten_vs_original
+from service.onnx_import.surgery import (
+    RecurrentNode,
+    expose_state,
+    looping_nodes,
+    recurrent_nodes,
 )
 from service.onnx_import.verify import (
     TOLERANCE,
@@ -42,27 +63,16 @@ from service.onnx_import.verify import (
     VerificationError,
     ort_session,
     random_states,
-    run_graph,
     step_vs_whole,
 )
 
 
-def _floats(text: str | None, size: int, what: str, default: float) -> list[float]:
-    if text is None:
-        return [default] * size
-    values = [float(v) for v in text.split(",")]
-    if len(values) != size:
-        raise ImportProblem(f"{what}: expected {size} values, got {len(values)}")
-    return values
-
-
-def _names(text: str | None, size: int, prefix: str) -> list[str]:
-    if text is None:
-        return [f"{prefix}{i}" for i in range(size)]
-    names = [n.strip() for n in text.split(",")]
-    if len(names) != size:
-        raise ImportProblem(f"expected {size} names, got {len(names)}")
-    return names
+@dataclass
+class ImportResult:
+    manifest: Manifest
+    onnx_bytes: bytes
+    """The graph to store: the file as given, or its rewritten copy."""
+    decisions: list[str] = field(default_factory=list)
 
 
 def _vocab(ns: argparse.Namespace) -> list[str]:
@@ -76,164 +86,339 @@ def _vocab(ns: argparse.Namespace) -> list[str]:
     raise ImportProblem("a language model (int64 input) needs --vocab or --vocab-file")
 
 
-def build_manifest(
-    onnx_bytes: bytes,
-    ns: argparse.Namespace,
-    version: int,
-) -> tuple[Manifest, float]:
-    """Inspect, prove step-vs-whole and describe the graph; returns the manifest and figure."""
-    try:
-        model = onnx.load_from_string(onnx_bytes)
-        session = ort_session(onnx_bytes)
-    except Exception as exc:
-        raise ImportProblem(f"{ns.file}: not a loadable ONNX model: {exc}") from exc
-    explicit = [tuple(s.split("=", 1)) for s in ns.state or []]
-    if any(len(p) != 2 for p in explicit):
+def _pick(candidates: list[TensorInfo], wanted: str | None, kind: str) -> TensorInfo:
+    if wanted is not None:
+        for t in candidates:
+            if t.name == wanted:
+                return t
+        raise ImportProblem(f"--{kind} {wanted!r} is not a graph {kind} that is left unpaired")
+    if len(candidates) != 1:
+        raise ImportProblem(
+            f"expected one data {kind} besides the state tensors, found "
+            f"{[t.name for t in candidates]}; pass --{kind}"
+        )
+    return candidates[0]
+
+
+def _refuse_without_nodes(model: onnx.ModelProto, session: ort.InferenceSession) -> None:
+    loops = looping_nodes(model)
+    names = f"inputs: {[a.name for a in session.get_inputs()]}, outputs: " + str(
+        [a.name for a in session.get_outputs()]
+    )
+    if loops:
+        raise ImportProblem(
+            f"the recurrence is in {', '.join(loops)}, not in LSTM/GRU/RNN nodes: lstm-serve "
+            "can expose the state of LSTM, GRU and RNN nodes only. Export the model with its "
+            "recurrent layers as ONNX LSTM/GRU/RNN ops, or with explicit state inputs and "
+            f"outputs (then pass --state IN=OUT) ({names})"
+        )
+    if not recurrent_nodes(model):
+        raise ImportProblem(
+            "no LSTM, GRU or RNN node and no state input/output pair: the recurrence, if any, "
+            "is unrolled into plain ops and cannot be stepped. Export the recurrent layers "
+            "as ONNX LSTM/GRU/RNN ops (e.g. nn.LSTM, not an nn.LSTMCell loop), or a graph "
+            f"with explicit state inputs and outputs and pass --state IN=OUT ({names})"
+        )
+
+
+def _describe(node: RecurrentNode) -> str:
+    layout = "[batch, time, features]" if node.layout == 1 else "[time, batch, features]"
+    seq = f", sequence_lens from graph input {node.sequence_lens!r}" if node.sequence_lens else ""
+    return (
+        f"{node.label}: {node.direction}, hidden {node.hidden_size}, layout attribute "
+        f"{node.layout} {layout}, initial state {node.initial_state}{seq}"
+    )
+
+
+@dataclass
+class _Graph:
+    session: ort.InferenceSession
+    onnx_bytes: bytes
+    states: list[StateTensor]
+    rewritten: bool
+
+
+def _explicit(
+    session: ort.InferenceSession, onnx_bytes: bytes, ns: argparse.Namespace, notes: list[str]
+) -> _Graph | None:
+    inputs = [tensor_info(a) for a in session.get_inputs()]
+    outputs = [tensor_info(a) for a in session.get_outputs()]
+    given = [tuple(s.split("=", 1)) for s in ns.state or []]
+    if any(len(p) != 2 for p in given):
         raise ImportProblem("--state takes INPUT=OUTPUT")
-    found = inspect(
-        session,
-        ns.input,
-        ns.output,
-        [(p[0], p[1]) for p in explicit],
-        ns.batch_axis,
+    pairs = pair_states(
+        [t for t in inputs if t.name != ns.input],
+        [t for t in outputs if t.name != ns.output],
+        [(p[0], p[1]) for p in given],
     )
-    text = found.data_in.dtype == "int64"
-    if not text and found.data_in.dtype != "float32":
-        raise ImportProblem(f"data input {found.data_in.name!r} is {found.data_in.dtype}")
-    time_major = is_time_major(found.data_in, ns.time_major)
-    time_axis = 0 if time_major else 1
-    rank = len(found.data_in.shape)
-    if rank != (2 if text else 3):
-        raise ImportProblem(
-            f"data input {found.data_in.name!r} has rank {rank}; expected "
-            f"{'[batch, time] token ids' if text else '[batch, time, features]'}"
-        )
-
-    ports = GraphPorts(
-        input=found.data_in.name,
-        output=found.data_out.name,
-        states=tuple(
-            StatePort(
-                p.input.name,
-                p.output.name,
-                tuple(1 if i == axis else int(d or 1) for i, d in enumerate(p.input.shape)),
-                axis,
-            )
-            for p, axis in zip(found.pairs, found.batch_axes, strict=True)
-        ),
-        time_axis=time_axis,
-    )
-    rng = np.random.default_rng(ns.seed)
-    batch, length = 3, 9
-    shape = [batch, length] if not time_major else [length, batch]
-    vocab: list[str] = []
-    if text:
-        vocab = _vocab(ns)
-        probe: np.ndarray = rng.integers(0, len(vocab), size=shape, dtype=np.int64)
-        in_size = 1
-    else:
-        in_size_dim = found.data_in.shape[2]
-        if not isinstance(in_size_dim, int):
-            raise ImportProblem(f"data input {found.data_in.name!r} has no fixed feature size")
-        in_size = in_size_dim
-        probe = rng.standard_normal([*shape, in_size]).astype(np.float32)
-    states = random_states(ports, batch, rng)
-    try:
-        whole_y, _ = run_graph(session, ports, probe, states)
-        figure = step_vs_whole(session, ports, probe, states)
-    except VerificationError as exc:
-        raise ImportProblem(str(exc)) from exc
-    except Exception as exc:
-        raise ImportProblem(f"onnxruntime cannot run the probe input: {exc}") from exc
-    if not figure <= TOLERANCE:
-        raise ImportProblem(
-            f"stepping with carried state differs from a whole run by {figure:.3g} "
-            f"(> {TOLERANCE:g}): not a causal recurrent model with these state pairs"
-        )
-    out_size = int(whole_y.shape[-1])
-
-    state_specs = []
-    for i, (pair, axis) in enumerate(zip(found.pairs, found.batch_axes, strict=True)):
-        per_seq = per_sequence(pair.input.shape, axis, pair.input.name)
-        state_specs.append(
+    if not pairs:
+        return None
+    how = "as given (--state)" if given else "by name"
+    states = []
+    for i, pair in enumerate(pairs):
+        axis = batch_axis_of(pair.input.shape, ns.batch_axis)
+        states.append(
             StateTensor(
-                name=state_name(pair.input.name, i, len(found.pairs)),
+                name=state_name(pair.input.name, i, len(pairs)),
                 input=pair.input.name,
                 output=pair.output.name,
-                shape=per_seq,
+                shape=per_sequence(pair.input.shape, axis, pair.input.name),
                 batch_axis=axis,
             )
         )
-    if len({s.name for s in state_specs}) != len(state_specs):
-        state_specs = [
-            s.model_copy(update={"name": n})
-            for s, n in zip(state_specs, ["h", "c", *(f"s{i}" for i in range(2, 99))], strict=False)
-        ]
-    main_shape = state_specs[0].shape
-    layers = main_shape[0] if len(main_shape) >= 2 else 1
-    hidden = main_shape[-1]
+    if len({s.name for s in states}) != len(states):
+        states = [s.model_copy(update={"name": f"s{i}"}) for i, s in enumerate(states)]
+    for s in states:
+        notes.append(
+            f"state {s.name}: graph input {s.input!r} -> output {s.output!r} paired {how}, "
+            f"per-sequence shape {s.shape}, batch axis {s.batch_axis}"
+        )
+    return _Graph(session, onnx_bytes, states, rewritten=False)
 
-    cell = cell_of(model, len(state_specs), ns.cell)
+
+def _surgery(model: onnx.ModelProto, notes: list[str]) -> _Graph:
+    rewritten, exposed = expose_state(model)
+    onnx_bytes = rewritten.SerializeToString()
+    states = [
+        StateTensor(
+            name=e.name, input=e.input, output=e.output, shape=e.shape, batch_axis=e.batch_axis
+        )
+        for e in exposed
+    ]
+    notes.append(
+        f"graph rewritten: no state inputs, so the initial state of each of the "
+        f"{len(recurrent_nodes(model))} recurrent node(s) became a graph input and its "
+        "final state a graph output"
+    )
+    for s in states:
+        notes.append(
+            f"state {s.name}: new graph input {s.input!r} -> output {s.output!r}, "
+            f"per-sequence shape {s.shape} [directions, hidden], batch axis {s.batch_axis}"
+        )
+    return _Graph(ort_session(onnx_bytes), onnx_bytes, states, rewritten=True)
+
+
+def build(onnx_bytes: bytes, ns: argparse.Namespace, version: int) -> ImportResult:
+    """Inspect, rewrite where needed, probe and prove the graph; the manifest to store."""
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+        original = ort_session(onnx_bytes)
+    except Exception as exc:
+        raise ImportProblem(f"{ns.file}: not a loadable ONNX model: {exc}") from exc
+    notes: list[str] = []
+    nodes = recurrent_nodes(model)
+    notes += [f"recurrent node {_describe(n)}" for n in nodes] or ["no LSTM/GRU/RNN node"]
+    found = _explicit(original, onnx_bytes, ns, notes)
+    if found is None:
+        _refuse_without_nodes(model, original)
+        found = _surgery(model, notes)
+    seq_inputs = sorted({n.sequence_lens for n in nodes if n.sequence_lens})
+    if len(seq_inputs) > 1:
+        raise ImportProblem(f"several sequence_lens graph inputs {seq_inputs}: not supported")
+    seq_lens = seq_inputs[0] if seq_inputs else None
+    if seq_lens:
+        notes.append(f"sequence_lens: graph input {seq_lens!r}, filled by the service")
+    session = found.session
+    state_in = {s.input for s in found.states} | set(seq_inputs)
+    state_out = {s.output for s in found.states}
+    data_in = _pick(
+        [tensor_info(a) for a in session.get_inputs() if a.name not in state_in], ns.input, "input"
+    )
+    data_out = _pick(
+        [tensor_info(a) for a in session.get_outputs() if a.name not in state_out],
+        ns.output,
+        "output",
+    )
+    text = data_in.dtype == "int64"
+    if not text and data_in.dtype != "float32":
+        raise ImportProblem(f"data input {data_in.name!r} is {data_in.dtype}")
+    if len(data_in.shape) != (2 if text else 3):
+        raise ImportProblem(
+            f"data input {data_in.name!r} has shape {list(data_in.shape)}; expected "
+            f"{'[batch, time] token ids' if text else '[batch, time, features] (or time-major)'}"
+        )
+    vocab = _vocab(ns) if text else []
+    features: int | None = None
+    if not text:
+        dim = data_in.shape[2]
+        if not isinstance(dim, int):
+            raise ImportProblem(f"data input {data_in.name!r} has no fixed feature size")
+        features = dim
+    ports = GraphPorts(
+        input=data_in.name,
+        output=data_out.name,
+        states=tuple(
+            StatePort(
+                s.input,
+                s.output,
+                (*s.shape[: s.batch_axis], 1, *s.shape[s.batch_axis :]),
+                s.batch_axis,
+            )
+            for s in found.states
+        ),
+        sequence_lens=seq_lens,
+    )
+    time_major = detect_time_major(session, ports, features, len(vocab))
+    ports = GraphPorts(ports.input, ports.output, ports.states, 0 if time_major else 1, seq_lens)
+    notes.append(
+        f"data: input {data_in.name!r} -> output {data_out.name!r}, "
+        f"{'time-major [time, batch, ...]' if time_major else 'batch-major [batch, time, ...]'}"
+        " (found by probing)"
+    )
+    bidirectional = [n.label for n in nodes if n.direction == "bidirectional"]
+    stateful = not bidirectional
+    rng = np.random.default_rng(ns.seed)
+    probe = probe_data(rng, [9, 3] if time_major else [3, 9], features, len(vocab))
+    rewritten_diff: float | None = None
+    try:
+        if found.rewritten:
+            out_name = data_out.name
+            rewritten_diff = rewritten_vs_original(original, session, ports, out_name, probe)
+            notes.append(
+                f"proof: rewritten graph from zero state vs original: {rewritten_diff:.2e}"
+            )
+            if not rewritten_diff <= TOLERANCE:
+                raise ImportProblem(
+                    f"the rewritten graph from zero state differs from the original by "
+                    f"{rewritten_diff:.3g} (> {TOLERANCE:g}): the original starts from a "
+                    "non-zero initial state, and sessions start from zero"
+                )
+        figure: float | None = None
+        if stateful:
+            figure = step_vs_whole(session, ports, probe, random_states(ports, 3, rng))
+            notes.append(f"proof: step by step vs whole sequence: {figure:.2e}")
+            if not figure <= TOLERANCE:
+                raise ImportProblem(
+                    f"stepping with carried state differs from a whole run by {figure:.3g} "
+                    f"(> {TOLERANCE:g}): not a causal recurrent model with these state pairs"
+                )
+        else:
+            notes.append(
+                f"not stateful: {', '.join(bidirectional)} is bidirectional (its backward "
+                "direction needs the whole sequence): served for whole-sequence predict; "
+                "sessions, streams and sequences are refused (model_not_stateful)"
+            )
+        whole = session.run([data_out.name], _feeds(ports, probe, found.states, 3))[0]
+    except VerificationError as exc:
+        raise ImportProblem(str(exc)) from exc
+    except ImportProblem:
+        raise
+    except Exception as exc:
+        raise ImportProblem(f"onnxruntime cannot run the probe input: {exc}") from exc
+    out_size = int(np.asarray(whole).shape[-1])
+    source = hashlib.sha256(onnx_bytes).hexdigest()
+    manifest = _manifest(
+        ns, version, model, source, found, ports, text, vocab, features, out_size, notes
+    )
+    manifest = manifest.model_copy(
+        update={
+            "parity": Parity(step_vs_whole=figure, rewritten_vs_original=rewritten_diff),
+            "stateful": stateful,
+            "graph": GraphSpec(
+                input=data_in.name,
+                output=data_out.name,
+                input_dtype="int64" if text else "float32",
+                time_major=time_major,
+                sequence_lens=seq_lens,
+            ),
+        }
+    )
+    return ImportResult(Manifest.model_validate(manifest.model_dump()), found.onnx_bytes, notes)
+
+
+def _feeds(
+    ports: GraphPorts, data: np.ndarray, states: list[StateTensor], batch: int
+) -> dict[str, np.ndarray]:
+    feeds = {ports.input: data}
+    for port in ports.states:
+        shape = list(port.shape)
+        shape[port.batch_axis] = batch
+        feeds[port.input] = np.zeros(shape, dtype=np.float32)
+    if ports.sequence_lens:
+        feeds[ports.sequence_lens] = np.full(batch, data.shape[ports.time_axis], dtype=np.int32)
+    return feeds
+
+
+def _manifest(
+    ns: argparse.Namespace,
+    version: int,
+    model: onnx.ModelProto,
+    source: str,
+    found: _Graph,
+    ports: GraphPorts,
+    text: bool,
+    vocab: list[str],
+    features: int | None,
+    out_size: int,
+    notes: list[str],
+) -> Manifest:
+    nodes = recurrent_nodes(model)
+    states = found.states
+    if found.rewritten:
+        layers, hidden = len(nodes), max(n.hidden_size for n in nodes)
+    else:
+        main_shape = states[0].shape
+        layers = main_shape[0] if len(main_shape) >= 2 else 1
+        hidden = main_shape[-1]
+    ops = {n.op for n in nodes}
+    cell = ns.cell or (
+        "lstm" if "LSTM" in ops else "gru" if "GRU" in ops else "rnn" if ops else None
+    )
+    cell = cell or cell_of(model, len(states), None)
+    notes.append(f"cell {cell}, {layers} layer(s), hidden size {hidden}")
+    producer = f"{model.producer_name} {model.producer_version}".strip() or "unknown"
     common: dict[str, Any] = {
         "name": ns.name,
         "version": version,
-        "description": ns.description or f"Imported from {Path(ns.file).name}",
+        "description": ns.description or f"Imported from {Path(ns.file).name} ({producer})",
         "cell": cell,
         "layers": layers,
         "hidden_size": hidden,
         "sha256": "0" * 64,
-        "state": state_specs,
-        "parity": Parity(torch_vs_onnx=None, step_vs_whole=figure),
+        "state": states,
+        "parity": Parity(step_vs_whole=0.0),
         "libraries": {
             "onnx": importlib.metadata.version("onnx"),
             "onnxruntime": importlib.metadata.version("onnxruntime"),
-            "producer": f"{model.producer_name} {model.producer_version}".strip(),
+            "producer": producer,
         },
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "graph": GraphSpec(input=ports.input, output=ports.output),
     }
     if text:
         if out_size != len(vocab):
             raise ImportProblem(f"logits size {out_size} differs from the vocab size {len(vocab)}")
         unknown = vocab.index(ns.unknown) if ns.unknown is not None else None
+        notes.append(f"language model: vocabulary of {len(vocab)}; generate feeds back tokens")
         manifest = Manifest(
             task="language_model",
-            graph=GraphSpec(
-                input=ports.input, output=ports.output, input_dtype="int64", time_major=time_major
-            ),
             input=TextInput(vocab_size=len(vocab), vocab=vocab, unknown_id=unknown),
             output=LogitsOutput(size=out_size),
             feedback=Feedback(autoregressive=True),
+            **{
+                **common,
+                "graph": GraphSpec(input=ports.input, output=ports.output, input_dtype="int64"),
+            },
+        )
+    else:
+        assert features is not None
+        specs = feature_specs(ns, features, out_size)
+        notes.extend(specs.decisions)
+        manifest = Manifest(
+            task="regression",
+            input=specs.input,
+            output=specs.output,
+            feedback=specs.feedback,
             **common,
         )
-        return manifest, figure
-    if ns.output_index is not None:
-        index = [int(i) for i in ns.output_index.split(",")]
-    else:
-        index = list(range(in_size)) if out_size == in_size else []
-    autoregressive = bool(index) and not ns.no_feedback
-    in_names = _names(ns.input_names, in_size, "x")
-    same_names = ns.output_names is None and out_size == in_size
-    out_names = in_names if same_names else _names(ns.output_names, out_size, "y")
-    manifest = Manifest(
-        task="regression",
-        graph=GraphSpec(
-            input=ports.input, output=ports.output, input_dtype="float32", time_major=time_major
-        ),
-        input=FeaturesInput(
-            size=in_size,
-            names=in_names,
-            mean=_floats(ns.input_mean, in_size, "--input-mean", 0.0),
-            std=_floats(ns.input_std, in_size, "--input-std", 1.0),
-        ),
-        output=RegressionOutput(
-            size=out_size,
-            names=out_names,
-            mean=_floats(ns.output_mean, out_size, "--output-mean", 0.0),
-            std=_floats(ns.output_std, out_size, "--output-std", 1.0),
-        ),
-        feedback=Feedback(
-            autoregressive=autoregressive, output_index=index if autoregressive else []
-        ),
-        **common,
+    return manifest.model_copy(
+        update={
+            "imported": ImportRecord(
+                source_file=Path(ns.file).name,
+                source_sha256=source,
+                producer=producer,
+                graph_rewritten=found.rewritten,
+                decisions=notes,
+            )
+        }
     )
-    return manifest, figure

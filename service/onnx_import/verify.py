@@ -41,6 +41,9 @@ class GraphPorts:
     output: str
     states: tuple[StatePort, ...]
     time_axis: int = 1
+    sequence_lens: str | None = None
+    """A graph input taking each sequence's length (int32 ``[batch]``), filled with the full
+    length of every run."""
 
 
 def ort_session(onnx_bytes: bytes) -> ort.InferenceSession:
@@ -56,6 +59,11 @@ def run_graph(
 ) -> tuple[Array, list[Array]]:
     """One run: returns the data output and the new states (in ``ports.states`` order)."""
     feeds: dict[str, Array] = {ports.input: data}
+    if ports.sequence_lens is not None:
+        batch_axis = 1 - ports.time_axis
+        feeds[ports.sequence_lens] = np.full(
+            data.shape[batch_axis], data.shape[ports.time_axis], dtype=np.int32
+        )
     for port, value in zip(ports.states, states, strict=True):
         feeds[port.input] = value
     names = [ports.output, *(p.output for p in ports.states)]

@@ -159,6 +159,10 @@ def test_import_time_major_gru(tmp_path: Path) -> None:
     assert [(s.name, s.input, s.output, s.shape, s.batch_axis) for s in m.state] == [
         ("h", "hidden_in", "hidden_out", [1, 10], 1)
     ]
+    assert not m.feedback.autoregressive, "4 outputs for 4 inputs is no reason to feed back"
+    args = [str(path), "--name", "tm-gru", "--store", str(store), "--autoregressive"]
+    assert import_main(args) == 0
+    m = read_version(store / "tm-gru" / "2").manifest
     assert m.feedback.autoregressive and m.feedback.output_index == [0, 1, 2, 3]
     x = np.random.default_rng(1).standard_normal((2, 10, 4)).astype(np.float32)
     _chunked_equals_whole(store, "tm-gru", x)
@@ -214,7 +218,7 @@ def test_import_needs_explicit_pairs_when_names_say_nothing(
     assert import_main(base) == 1
     assert "--state" in capsys.readouterr().err
     assert not (store / "odd").exists()
-    assert import_main([*base, "--state", "memory=memory_next", "--time-major"]) == 0
+    assert import_main([*base, "--state", "memory=memory_next"]) == 0
     assert read_version(store / "odd" / "1").manifest.state[0].input == "memory"
 
 

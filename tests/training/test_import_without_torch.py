@@ -79,7 +79,7 @@ def test_import_of_an_onnx_model_needs_no_torch(tmp_path: Path) -> None:
         "import", str(onnx_file), "--name", "adopted", "--store", str(store)
     )
     assert done.returncode == 0, done.stderr
-    assert "imported adopted v1 (gru, regression)" in done.stdout
+    assert "imported adopted v1 (gru, regression, stateful)" in done.stdout
     manifest = read_version(store / "adopted" / "1").manifest
     assert [(s.input, s.output) for s in manifest.state] == [("h0", "hn")]
     assert manifest.parity.step_vs_whole <= 1e-5
