@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=64, ge=1)
     """Most sequences the batcher puts into one onnxruntime run."""
 
+    max_run_steps: int = Field(default=16384, ge=1)
+    """Most sequence-steps (sequences times their length) in one onnxruntime run, whose
+    working memory grows with them (about 6 KB each for the bundled text model); a request
+    with more runs as several runs, and the batcher merges no requests beyond it. A single
+    longer sequence runs alone."""
+
     batch_max_wait_us: int = Field(default=500, ge=0)
     """Longest the batcher waits for more work once a run could start (microseconds)."""
 
@@ -97,6 +103,10 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024)
     """Largest request head (request line and headers together); larger answers 431 and
     the connection is closed."""
+
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the gRPC door (the Open Inference Protocol's ``GRPCInferenceService``, as
+    Triton serves it), on the same host as HTTP; 0 turns it off."""
 
     @field_validator("session_store")
     @classmethod

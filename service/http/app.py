@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_wait_us=settings.batch_max_wait_us,
             process=settings.model_process,
             ort_threads=settings.ort_threads,
+            max_run_steps=settings.max_run_steps,
         )
         await runner.start(registry.all())
         core = AppState(

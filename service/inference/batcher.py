@@ -15,6 +15,10 @@ When to run:
 Correctness rules:
 - sequences of different lengths in one batch run as one onnxruntime run per length, so
   each final state is exactly that sequence's own (no padding);
+- one onnxruntime run takes at most ``max_run_steps`` sequence-steps (sequences times
+  their length), since its working memory grows with them: a batch never merges calls
+  beyond that, and a call's sequences beyond it run as several runs (``runs_of``); one
+  sequence longer than that runs alone (its length is bounded by the request limits);
 - calls with the same ``key`` (a session id) never share a batch and never run
   concurrently; they run in submission order;
 - when a batch of several calls fails, each call is retried alone, so only the call
@@ -33,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -62,11 +66,25 @@ class Call:
     states: Sequence[State]
     key: Hashable | None
     future: asyncio.Future[list[SeqResult]]
+    steps: int = 0
+    """Its sequences' steps, all together."""
     queued: float = field(default_factory=time.perf_counter)
 
 
 Outcome = list[SeqResult] | BaseException
 """A call's results, one per sequence, or the error that failed it."""
+
+
+T = TypeVar("T")
+
+
+def runs_of(rows: list[T], length: int, max_run_steps: int | None) -> list[list[T]]:
+    """``rows`` (sequences of one ``length``) in runs of at most ``max_run_steps``
+    sequence-steps each, one sequence at least."""
+    if max_run_steps is None or len(rows) * length <= max_run_steps:
+        return [rows]
+    per = max(1, max_run_steps // max(1, length))
+    return [rows[i : i + per] for i in range(0, len(rows), per)]
 
 
 def run_grouped(
@@ -75,9 +93,10 @@ def run_grouped(
     states: Sequence[State],
     queued: Sequence[float] | None = None,
     metrics: Metrics | None = None,
+    max_run_steps: int | None = None,
 ) -> list[SeqResult]:
     """Run sequences (data units) through ``model``, one onnxruntime run per distinct
-    length. Blocking.
+    length (several when they are more than ``max_run_steps`` sequence-steps). Blocking.
 
     ``queued`` (submission time per sequence) feeds the queue-wait metric when given.
     """
@@ -88,7 +107,11 @@ def run_grouped(
         by_length: dict[int, list[int]] = {}
         for i, seq in enumerate(seqs):
             by_length.setdefault(int(seq.shape[0]), []).append(i)
-        groups = list(by_length.values())
+        groups = [
+            run
+            for length, rows in by_length.items()
+            for run in runs_of(rows, length, max_run_steps)
+        ]
     results: list[SeqResult | None] = [None] * n
     for indices in groups:
         started = time.perf_counter()
@@ -111,7 +134,9 @@ def run_grouped(
     return [r for r in results if r is not None]
 
 
-def _run_calls(model: LoadedModel, calls: list[Call], metrics: Metrics | None) -> list[Outcome]:
+def _run_calls(
+    model: LoadedModel, calls: list[Call], metrics: Metrics | None, max_run_steps: int | None
+) -> list[Outcome]:
     """The worker-thread side: one batch for all calls, or each call alone if that fails."""
     seqs: list[np.ndarray] = []
     states: list[State] = []
@@ -121,7 +146,7 @@ def _run_calls(model: LoadedModel, calls: list[Call], metrics: Metrics | None) -
         states.extend(call.states)
         queued.extend([call.queued] * len(call.seqs))
     try:
-        flat = run_grouped(model, seqs, states, queued, metrics)
+        flat = run_grouped(model, seqs, states, queued, metrics, max_run_steps)
     except Exception as exc:
         if len(calls) == 1:
             return [exc]
@@ -135,8 +160,9 @@ def _run_calls(model: LoadedModel, calls: list[Call], metrics: Metrics | None) -
     alone: list[Outcome] = []
     for call in calls:
         try:
+            queued_alone = [call.queued] * len(call.seqs)
             alone.append(
-                run_grouped(model, call.seqs, call.states, [call.queued] * len(call.seqs), metrics)
+                run_grouped(model, call.seqs, call.states, queued_alone, metrics, max_run_steps)
             )
         except Exception as exc:
             alone.append(exc)
@@ -215,15 +241,18 @@ class Executor(Protocol):
 class ThreadExecutor:
     """Batches run on ``Workers`` threads, in this process."""
 
-    def __init__(self, count: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, count: int, metrics: Metrics | None = None, max_run_steps: int | None = None
+    ) -> None:
         self._workers = Workers(count)
         self._metrics = metrics
+        self._max_run_steps = max_run_steps
 
     def submit(
         self, loop: asyncio.AbstractEventLoop, model: LoadedModel, calls: list[Call], done: Done
     ) -> None:
-        metrics = self._metrics
-        self._workers.submit(loop, lambda: _run_calls(model, calls, metrics), done)
+        metrics, cap = self._metrics, self._max_run_steps
+        self._workers.submit(loop, lambda: _run_calls(model, calls, metrics, cap), done)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._workers.shutdown)
@@ -239,10 +268,12 @@ class ModelBatcher:
         max_size: int,
         max_wait: float,
         max_inflight: int = 1,
+        max_run_steps: int | None = None,
     ) -> None:
         self.model = model
         self._executor = executor
         self._max_size = max_size
+        self._max_steps = max_run_steps if max_run_steps is not None else 2**63
         self._max_wait = max_wait
         self._max_inflight = max_inflight
         self._pending: deque[Call] = deque()
@@ -279,7 +310,8 @@ class ModelBatcher:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        call = Call(seqs, states, key, loop.create_future())
+        steps = int(seqs[0].shape[0]) if len(seqs) == 1 else sum(int(s.shape[0]) for s in seqs)
+        call = Call(seqs, states, key, loop.create_future(), steps)
         self._pending.append(call)
         self._pending_seqs += len(seqs)
         if not self._flush_soon:
@@ -316,11 +348,14 @@ class ModelBatcher:
         self._dispatch()
 
     def _start_batch(self) -> bool:
-        """Take queued calls (FIFO, one per key, no key already running) into one batch."""
+        """Take queued calls (FIFO, one per key, no key already running) into one batch of
+        at most ``max_size`` sequences and ``max_run_steps`` steps (or one call)."""
         batch: list[Call] = []
         keys: set[Hashable] = set()
         skipped: set[Hashable] = set()
         size = 0
+        steps = 0
+        max_steps = self._max_steps
         kept: deque[Call] = deque()
         pending = self._pending
         while pending:
@@ -333,15 +368,16 @@ class ModelBatcher:
             blocked = key is not None and (
                 key in keys or key in skipped or key in self._inflight_keys
             )
-            if blocked or (batch and size + n > self._max_size):
+            if blocked or (batch and (size + n > self._max_size or steps + call.steps > max_steps)):
                 kept.append(call)
                 if key is not None:
                     skipped.add(key)
-                if size >= self._max_size:
+                if size >= self._max_size or steps >= max_steps:
                     break
                 continue
             batch.append(call)
             size += n
+            steps += call.steps
             if key is not None:
                 keys.add(key)
         kept.extend(pending)
@@ -382,18 +418,25 @@ class Batcher:
         max_size: int = 64,
         max_wait_us: int = 500,
         max_inflight: int = 1,
+        max_run_steps: int | None = None,
     ) -> None:
         self._executor = executor
         self._max_size = max_size
         self._max_wait = max_wait_us / 1e6
         self._max_inflight = max_inflight
+        self._max_run_steps = max_run_steps
         self._models: dict[str, ModelBatcher] = {}
 
     def for_model(self, model: LoadedModel) -> ModelBatcher:
         mb = self._models.get(model.key)
         if mb is None or mb.model is not model:
             mb = ModelBatcher(
-                model, self._executor, self._max_size, self._max_wait, self._max_inflight
+                model,
+                self._executor,
+                self._max_size,
+                self._max_wait,
+                self._max_inflight,
+                self._max_run_steps,
             )
             self._models[model.key] = mb
         return mb

@@ -41,6 +41,7 @@ class Runner:
     flight at once (per model version and in all). With ``process`` (the setting
     ``model_process``) each worker is a child process that loads the models itself with
     ``ort_threads`` threads; without, a thread running the models given to ``run``.
+    ``max_run_steps`` (the setting) bounds the sequence-steps of one onnxruntime run.
     """
 
     def __init__(
@@ -51,20 +52,22 @@ class Runner:
         max_wait_us: int = 500,
         process: bool = False,
         ort_threads: int = 1,
+        max_run_steps: int | None = None,
     ) -> None:
         self._executor: Executor
         self._processes: ProcessExecutor | None
         if process:
-            self._processes = ProcessExecutor(workers, ort_threads, metrics)
+            self._processes = ProcessExecutor(workers, ort_threads, metrics, max_run_steps)
             self._executor = self._processes
         else:
-            self._executor = ThreadExecutor(workers, metrics)
+            self._executor = ThreadExecutor(workers, metrics, max_run_steps)
             self._processes = None
         self._batcher = Batcher(
             self._executor,
             max_size=max_batch_size,
             max_wait_us=max_wait_us,
             max_inflight=workers,
+            max_run_steps=max_run_steps,
         )
 
     async def start(self, models: Iterable[LoadedModel] = ()) -> None:

@@ -33,7 +33,7 @@ from typing import cast
 import numpy as np
 
 from service.errors import InferenceError, NotReady
-from service.inference.batcher import Call, Done, Outcome, SeqResult, ThreadExecutor
+from service.inference.batcher import Call, Done, Outcome, SeqResult, ThreadExecutor, runs_of
 from service.inference.worker.protocol import (
     HEAD,
     Failure,
@@ -71,8 +71,11 @@ class _Job:
     sent: float = 0.0
 
 
-def stack(model: LoadedModel, calls: Sequence[Call]) -> tuple[list[Group], _Owners, bool]:
-    """Group the calls' sequences by length and stack each group (inputs and states), with
+def stack(
+    model: LoadedModel, calls: Sequence[Call], max_run_steps: int | None = None
+) -> tuple[list[Group], _Owners, bool]:
+    """Group the calls' sequences by length (in runs of at most ``max_run_steps``
+    sequence-steps, ``batcher.runs_of``) and stack each group (inputs and states), with
     the (call, sequence) of each row.
 
     Also says whether the batch is the simple case: every call one sequence, all of one
@@ -80,7 +83,9 @@ def stack(model: LoadedModel, calls: Sequence[Call]) -> tuple[list[Group], _Owne
     """
     names = model.state_names
     seqs = [call.seqs[0] for call in calls if len(call.seqs) == 1]
-    if len(seqs) == len(calls) and len({int(x.shape[0]) for x in seqs}) == 1:
+    lengths = {int(x.shape[0]) for x in seqs}
+    simple = len(seqs) == len(calls) and len(lengths) == 1
+    if simple and (max_run_steps is None or len(calls) * lengths.pop() <= max_run_steps):
         # the common case, a batch of single steps: one group, one row per call
         owners = [list(zip(range(len(calls)), repeat(0), strict=False))]
         states = [call.states[0] for call in calls]
@@ -92,7 +97,9 @@ def stack(model: LoadedModel, calls: Sequence[Call]) -> tuple[list[Group], _Owne
         for si, seq in enumerate(call.seqs):
             by_length.setdefault(int(seq.shape[0]), []).append((ci, si))
     groups: list[Group] = []
-    owners = list(by_length.values())
+    owners = [
+        run for length, rows in by_length.items() for run in runs_of(rows, length, max_run_steps)
+    ]
     for rows in owners:
         x = stacked([calls[ci].seqs[si] for ci, si in rows])
         by_name = {n: stacked([calls[ci].states[si][n] for ci, si in rows], _F32) for n in names}
@@ -251,8 +258,15 @@ class _Child(asyncio.Protocol):
 class ProcessExecutor:
     """``count`` child processes, each running one batch at a time (``batcher.Executor``)."""
 
-    def __init__(self, count: int, threads: int = 1, metrics: Metrics | None = None) -> None:
-        self._local = ThreadExecutor(count, metrics)
+    def __init__(
+        self,
+        count: int,
+        threads: int = 1,
+        metrics: Metrics | None = None,
+        max_run_steps: int | None = None,
+    ) -> None:
+        self._local = ThreadExecutor(count, metrics, max_run_steps)
+        self._max_run_steps = max_run_steps
         self._lone_before = False
         self.child_batches = 0
         """Batches sent to a child so far."""
@@ -328,7 +342,7 @@ class ProcessExecutor:
     def _send(self, child: _Child, job: _Job) -> None:
         """Send ``job`` to ``child``, or settle it without the child."""
         try:
-            groups, job.owners, job.simple = stack(job.model, job.calls)
+            groups, job.owners, job.simple = stack(job.model, job.calls, self._max_run_steps)
         except ValueError:
             if len(job.calls) == 1:
                 error = InferenceError("the sequences do not fit the model's input shape")
