@@ -15,20 +15,30 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class RequestStats(Collector):
-    """``lstm_serve_requests_total`` and ``lstm_serve_request_duration_seconds``.
+    """``lstm_serve_requests_total`` and ``lstm_serve_request_duration_seconds`` (and, with
+    another name and labels, the same pair for gRPC calls by service, RPC and status code).
 
-    Kept as plain counters per (method, route, status) and turned into Prometheus
-    families only when scraped: ``labels()`` plus a locked counter and histogram cost
-    several microseconds per request, a few percent of a session step. Observations come
-    from the event loop thread only.
+        Kept as plain counters per (method, route, status) and turned into Prometheus
+        families only when scraped: ``labels()`` plus a locked counter and histogram cost
+        several microseconds per request, a few percent of a session step. Observations come
+        from the event loop thread only.
     """
 
-    def __init__(self, buckets: tuple[float, ...]) -> None:
+    def __init__(
+        self,
+        buckets: tuple[float, ...],
+        name: str = "lstm_serve_request",
+        what: str = "HTTP request",
+        labels: tuple[str, str, str] = ("method", "route", "status"),
+    ) -> None:
         self._buckets = buckets
+        self._name = name
+        self._what = what
+        self._labels = list(labels)
         # per series: one count per bucket, then the +Inf overflow, then the sum
         self._series: dict[tuple[str, str, str], list[float]] = {}
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe(self, method: str, route: str, status: int | str, seconds: float) -> None:
         key = (method, route, str(status))
         counts = self._series.get(key)
         if counts is None:
@@ -37,10 +47,10 @@ class RequestStats(Collector):
         counts[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["method", "route", "status"]
-        total = CounterMetricFamily("lstm_serve_requests", "HTTP requests", labels=labels)
+        labels = self._labels
+        total = CounterMetricFamily(f"{self._name}s", f"{self._what}s", labels=labels)
         latency = HistogramMetricFamily(
-            "lstm_serve_request_duration_seconds", "HTTP request latency", labels=labels
+            f"{self._name}_duration_seconds", f"{self._what} latency", labels=labels
         )
         bounds = [str(float(b)) for b in self._buckets] + ["+Inf"]
         for key, counts in list(self._series.items()):
@@ -62,6 +72,13 @@ class Metrics:
         r = self.registry
         self.requests = RequestStats(_LATENCY_BUCKETS)
         r.register(self.requests)
+        self.grpc_requests = RequestStats(
+            _LATENCY_BUCKETS,
+            "lstm_serve_grpc_request",
+            "gRPC call",  # a request on a stream counts as one call
+            ("service", "rpc", "code"),
+        )
+        r.register(self.grpc_requests)
         self.sessions_active = Gauge(
             "lstm_serve_sessions_active", "Live sessions (as seen by this replica)", registry=r
         )
@@ -118,6 +135,10 @@ class Metrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.observe(method, route, status, seconds)
+
+    def observe_rpc(self, service: str, rpc: str, code: str, seconds: float) -> None:
+        """One gRPC call, or one request of a stream, by its final status code name."""
+        self.grpc_requests.observe(service, rpc, code, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

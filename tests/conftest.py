@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from service.models.registry import ModelRegistry
 from service.settings import Settings
 from tests.redis_process import redis_databases, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.tiny_models import make_tiny_store
+
+# Servers the tests start (in-process or as ``lstm-serve serve`` processes, which inherit
+# this) open no gRPC port unless a test asks for one: several test runs share a machine.
+os.environ.setdefault("LSTM_SERVE_GRPC_PORT", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_STORE = REPO / "model_store"

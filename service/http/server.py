@@ -32,6 +32,7 @@ from granian.server.embed import Server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import redaction
+from service.grpc.server import GrpcDoor
 from service.http.state import AppState
 from service.settings import Settings
 
@@ -72,11 +73,14 @@ def tune_gc() -> None:
 class ServedApp:
     """The app as the server runs it (pure ASGI): it counts the HTTP requests in flight,
     tunes the collector once the lifespan startup is complete, and holds the lifespan
-    shutdown until the requests in flight have finished (at most ``graceful_timeout``)."""
+    shutdown until the requests in flight have finished (at most ``graceful_timeout``).
+    With a gRPC door (``service.grpc.server``) it starts the door once the core is built
+    and, at shutdown, waits for the door's calls in flight too."""
 
-    def __init__(self, app: ASGIApp, graceful_timeout: float) -> None:
+    def __init__(self, app: ASGIApp, graceful_timeout: float, grpc: GrpcDoor | None = None) -> None:
         self.app = app
         self.graceful_timeout = graceful_timeout
+        self.grpc = grpc
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -102,12 +106,16 @@ class ServedApp:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
                 await self.drained()
+                if self.grpc is not None:
+                    await self.grpc.stopped()
             return message
 
         return lifespan_receive
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete" and self.grpc is not None:
+                await self.grpc.start()
             await send(message)
             if message["type"] == "lifespan.startup.complete":
                 tune_gc()
@@ -143,7 +151,9 @@ def server_for(app: ASGIApp, settings: Settings, host: str, port: int) -> Server
     )
 
 
-async def run(app: FastAPI, settings: Settings, server: Server) -> int | None:
+async def run(
+    app: FastAPI, settings: Settings, server: Server, grpc: GrpcDoor | None = None
+) -> int | None:
     """Serve until SIGTERM or SIGINT, then drain and stop; the signal that stopped it.
 
     On the signal: readiness turns 503 and WebSocket streams close with 1001 (going
@@ -160,6 +170,8 @@ async def run(app: FastAPI, settings: Settings, server: Server) -> int | None:
         if core is not None:
             core.draining = True
             await core.close_streams(1001, "server_shutting_down")
+        if grpc is not None:
+            grpc.begin_stop()
         server.stop()  # type: ignore[no-untyped-call]
 
     def on_signal(signum: int) -> None:
@@ -167,6 +179,8 @@ async def run(app: FastAPI, settings: Settings, server: Server) -> int | None:
             stopped_by.append(signum)
             draining.append(loop.create_task(drain_and_stop()))
 
+    if grpc is not None:
+        grpc.bind()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
@@ -180,8 +194,11 @@ async def run(app: FastAPI, settings: Settings, server: Server) -> int | None:
 def serve(app: FastAPI, host: str, port: int, graceful_timeout: int) -> None:
     settings: Settings = app.state.settings
     redaction.install()
-    server = server_for(ServedApp(app, graceful_timeout), settings, host, port)
-    signum = uvloop.run(run(app, settings, server))
+    grpc = None
+    if settings.grpc_port:
+        grpc = GrpcDoor(settings, host, graceful_timeout, lambda: app.state.core)
+    server = server_for(ServedApp(app, graceful_timeout, grpc), settings, host, port)
+    signum = uvloop.run(run(app, settings, server, grpc))
     if signum == signal.SIGTERM:
         # As a process stopped by SIGTERM does (status 143), now that the drain is done.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
