@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
 from service.errors import InvalidInput, ServeError
@@ -37,7 +38,15 @@ from service.sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+def _operation_id(route: APIRoute) -> str:
+    """Operation ids are the route functions' names (``create_session``, ``step_session``)."""
+    return route.name
+
+
+router = APIRouter(
+    prefix="/v1", responses=PROBLEM_RESPONSES, generate_unique_id_function=_operation_id
+)
 
 GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -45,6 +54,45 @@ GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {}, "text/event-stream": {}},
     }
 }
+
+
+class SessionView(BaseModel):
+    """A session as ``POST /v1/sessions``, ``GET /v1/sessions/{id}``, reset and fork show it."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    model: str
+    version: int
+    steps: int = Field(ge=0)
+    created_at: str
+    expires_at: str
+    ttl_seconds: int = Field(ge=1)
+
+
+class SessionList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sessions: list[SessionView]
+
+
+_SESSION_ID = {"session_id": "$response.body#/id"}
+SESSION_LINKS: dict[str, dict[str, Any]] = {
+    name: {"operationId": op, "parameters": _SESSION_ID}
+    for name, op in {
+        "GetSession": "get_session",
+        "StepSession": "step_session",
+        "ForkSession": "fork_session",
+        "ResetSession": "reset_session",
+        "GetSessionState": "get_session_state",
+        "GenerateFromSession": "generate_session",
+        "DeleteSession": "delete_session",
+    }.items()
+}
+"""OpenAPI links from a new session (create, fork) to the operations on it."""
+
+CREATED_SESSION: dict[int | str, dict[str, Any]] = {
+    201: {"model": SessionView, "description": "The new session", "links": SESSION_LINKS}
+}
+SESSION: dict[int | str, dict[str, Any]] = {200: {"model": SessionView}}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -254,7 +302,11 @@ def _session_response(core: AppState, view: dict[str, Any], status: int = 200) -
 
 
 @router.post(
-    "/sessions", tags=["sessions"], status_code=201, openapi_extra=request_body(CreateSessionBody)
+    "/sessions",
+    tags=["sessions"],
+    status_code=201,
+    openapi_extra=request_body(CreateSessionBody),
+    responses=CREATED_SESSION,
 )
 async def create_session(core: Core, owner: Owner, body: CreateSession) -> Response:
     rec = await core.sessions.create(
@@ -264,13 +316,13 @@ async def create_session(core: Core, owner: Owner, body: CreateSession) -> Respo
     return _session_response(core, session_view(rec), 201)
 
 
-@router.get("/sessions", tags=["sessions"])
+@router.get("/sessions", tags=["sessions"], responses={200: {"model": SessionList}})
 async def list_sessions(core: Core, owner: Owner) -> Response:
     recs = await core.sessions.list(owner)
     return json_response({"sessions": [session_view(r) for r in recs]})
 
 
-@router.get("/sessions/{session_id}", tags=["sessions"])
+@router.get("/sessions/{session_id}", tags=["sessions"], responses=SESSION)
 async def get_session(core: Core, owner: Owner, session_id: str) -> Response:
     return json_response(session_view(await core.sessions.get(owner, session_id)))
 
@@ -291,7 +343,7 @@ async def delete_session(core: Core, owner: Owner, session_id: str) -> Response:
 # POST /sessions/{session_id}/step: service.http.v1.step (the hot path, its own route)
 
 
-@router.post("/sessions/{session_id}/reset", tags=["sessions"])
+@router.post("/sessions/{session_id}/reset", tags=["sessions"], responses=SESSION)
 async def reset_session(core: Core, owner: Owner, session_id: str) -> Response:
     return json_response(session_view(await core.sessions.reset(owner, session_id)))
 
@@ -301,6 +353,7 @@ async def reset_session(core: Core, owner: Owner, session_id: str) -> Response:
     tags=["sessions"],
     status_code=201,
     openapi_extra=request_body(ForkBody, required=False),
+    responses=CREATED_SESSION,
 )
 async def fork_session(core: Core, owner: Owner, session_id: str, body: Fork) -> Response:
     rec = await core.sessions.fork(owner, session_id, ttl=body.ttl_seconds)

@@ -98,6 +98,21 @@ async def _answer(
         return 500, _PROBLEM, _INTERNAL
 
 
+STEP_RESPONSE_SCHEMA: dict[str, Any] = {
+    "title": "StepResponse",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id", "steps", "outputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "steps": {"type": "integer", "minimum": 0},
+        "outputs": {"type": "array", "description": "One output per input step"},
+        "replayed": {"type": "boolean", "description": "A retry answered without advancing"},
+    },
+}
+"""The step's answer (``session_codec.step_response``)."""
+
+
 def openapi_operation() -> dict[str, Any]:
     """The step's operation in the OpenAPI document, from the same ``StepBody`` schema."""
     return {
@@ -116,7 +131,7 @@ def openapi_operation() -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The step's outputs, one per input step",
-                "content": {"application/json": {"schema": {"type": "object"}}},
+                "content": {"application/json": {"schema": STEP_RESPONSE_SCHEMA}},
             },
             **{str(status): response for status, response in PROBLEM_RESPONSES.items()},
         },
