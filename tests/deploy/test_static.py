@@ -90,7 +90,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_torch_free() -> None:
     user = final.last("USER").args.split(":")[0]
     assert user not in ("root", "0")
     assert final.last("STOPSIGNAL").args == "SIGTERM"
-    assert final.last("EXPOSE").args == "8000"
+    assert final.last("EXPOSE").args == "8000 8001"  # HTTP, gRPC
     assert final.env()["LSTM_SERVE_MODEL_STORE"] == "/app/model_store"
 
     health = final.last("HEALTHCHECK").args
@@ -145,7 +145,7 @@ def test_api_deployment_probes_drain_and_resources() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     ports = {p["name"]: p["containerPort"] for p in api["ports"]}
-    assert ports == {"http": 8000}
+    assert ports == {"http": 8000, "grpc": 8001}
     env_from = {e.get("configMapRef", e.get("secretRef", {})).get("name") for e in api["envFrom"]}
     assert _kind("ConfigMap")["metadata"]["name"] in env_from
 
