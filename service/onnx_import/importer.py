@@ -211,6 +211,11 @@ def build(onnx_bytes: bytes, ns: argparse.Namespace, version: int) -> ImportResu
     manifest = _manifest(
         ns, version, model, source, found, ports, text, vocab, features, out_size, notes
     )
+    if not stateful and manifest.feedback.autoregressive:
+        raise ImportProblem(
+            "generate rolls a model forward one step at a time, which a bidirectional graph "
+            "cannot do: import it without --autoregressive (a language model cannot be one)"
+        )
     manifest = manifest.model_copy(
         update={
             "parity": Parity(step_vs_whole=figure, rewritten_vs_original=rewritten_diff),

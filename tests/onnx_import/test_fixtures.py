@@ -186,3 +186,13 @@ def test_a_bad_features_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     spec_file.write_text(json.dumps({"input": {"names": ["a"]}}))
     assert import_main(args) == 1
     assert "input names: expected 4 values, got 1" in capsys.readouterr().err
+
+
+def test_a_bidirectional_model_cannot_be_autoregressive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = FIXTURES / "torch_bidirectional.onnx"
+    args = [str(path), "--name", "b", "--store", str(tmp_path), "--autoregressive", "0,1,0"]
+    assert import_main(args) == 1
+    assert "cannot do: import it without --autoregressive" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
