@@ -186,6 +186,7 @@ class SessionManager:
         under that session's lock (a ``/v2`` sequence start).
         """
         model = self.registry.get(model_name, version)
+        model.require_stateful()
         ttl_s = self._ttl(ttl)
         init_state = decode_state(model, state) if state is not None else model.zero_state()
         if steps is None:
