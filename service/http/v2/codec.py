@@ -113,34 +113,37 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def _flat_data(data: object, shape: tuple[int, ...], where: str) -> list[Any]:
-    """``data`` as a flat row-major list: given flat, or nested exactly as ``shape``."""
+def flat_data(data: object, shape: tuple[int, ...], where: str) -> list[Any]:
+    """``data`` as a flat row-major list: given flat, or nested exactly as ``shape``.
+
+    Level by level, without recursion: however deep a client nests its lists, this looks
+    at most ``len(shape) + 1`` levels down (at most ``MAX_RANK``) and answers
+    ``InvalidInput`` for anything that does not match the shape.
+    """
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: data must be a list")
     if not any(isinstance(v, list) for v in data):
         return data
-    out: list[Any] = []
-
-    def walk(node: object, dims: tuple[int, ...]) -> None:
-        if not dims:
-            if isinstance(node, list):
-                raise InvalidInput(f"{where}: nested data is deeper than shape {list(shape)}")
-            out.append(node)
-            return
-        if not isinstance(node, list) or len(node) != dims[0]:
-            raise InvalidInput(f"{where}: nested data does not match shape {list(shape)}")
-        for item in node:
-            walk(item, dims[1:])
-
-    walk(data, shape)
-    return out
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"{where}: shape has more than {MAX_RANK} dimensions")
+    level: list[Any] = [data]
+    for dim in shape:
+        below: list[Any] = []
+        for node in level:
+            if not isinstance(node, list) or len(node) != dim:
+                raise InvalidInput(f"{where}: nested data does not match shape {list(shape)}")
+            below.extend(node)
+        level = below
+    if any(isinstance(v, list) for v in level):
+        raise InvalidInput(f"{where}: nested data is deeper than shape {list(shape)}")
+    return level
 
 
 def _json_numbers(
     data: object, dtype: np.dtype[Any], shape: tuple[int, ...], where: str
 ) -> np.ndarray:
     count = math.prod(shape)
-    flat = _flat_data(data, shape, where)
+    flat = flat_data(data, shape, where)
     if len(flat) != count:
         raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(flat)}")
     if dtype.kind == "b":
@@ -163,7 +166,7 @@ def _json_numbers(
 
 def _json_bytes(data: object, shape: tuple[int, ...], where: str) -> np.ndarray:
     count = math.prod(shape)
-    flat = _flat_data(data, shape, where)
+    flat = flat_data(data, shape, where)
     if len(flat) != count:
         raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(flat)}")
     if not all(isinstance(v, str) for v in flat):
