@@ -244,13 +244,16 @@ class Manifest(_Strict):
     predict only; sessions, streams and sequences are refused."""
     imported: ImportRecord | None = None
     libraries: dict[str, str] = Field(default_factory=dict)
+    sample_file: str | None = None
+    """A small JSON file next to the model with real held-out rows (``{"names", "times",
+    "values"}``, in the data's units), written at training time for the console."""
     created_at: str
 
-    @field_validator("onnx_file")
+    @field_validator("onnx_file", "sample_file")
     @classmethod
-    def _plain_file(cls, v: str) -> str:
-        if "/" in v or "\\" in v or v.startswith("."):
-            raise ValueError("onnx_file must be a plain file name")
+    def _plain_file(cls, v: str | None) -> str | None:
+        if v is not None and ("/" in v or "\\" in v or v.startswith(".")):
+            raise ValueError("must be a plain file name")
         return v
 
     @model_validator(mode="after")
@@ -325,5 +328,6 @@ class Manifest(_Strict):
             "headline_metric": self.headline_metric,
             "parity": self.parity.model_dump(),
             "sha256": self.sha256,
+            "sample": self.sample_file is not None,
             "created_at": self.created_at,
         }

@@ -106,9 +106,12 @@ def next_version(root: Path, name: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def write_version(root: Path, manifest: Manifest, onnx_bytes: bytes) -> Path:
+def write_version(
+    root: Path, manifest: Manifest, onnx_bytes: bytes, files: dict[str, bytes] | None = None
+) -> Path:
     """Write a new version atomically (temp dir + rename); the manifest's sha256 is set here.
 
+    ``files``: further plain files of the version (the held-out sample the manifest names).
     Refuses to overwrite an existing version.
     """
     if not is_valid_model_name(manifest.name):
@@ -122,6 +125,10 @@ def write_version(root: Path, manifest: Manifest, onnx_bytes: bytes) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.name}-", dir=target.parent))
     try:
         (tmp / final.onnx_file).write_bytes(onnx_bytes)
+        for file_name, content in (files or {}).items():
+            if "/" in file_name or file_name.startswith(".") or file_name == MANIFEST_FILE:
+                raise ModelStoreError(f"{file_name!r}: not a plain extra file name")
+            (tmp / file_name).write_bytes(content)
         (tmp / MANIFEST_FILE).write_text(
             json.dumps(final.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
         )

@@ -48,6 +48,7 @@ from service.training.export import (
 )
 from service.training.networks import CharLM, Forecaster, RecurrentNet
 from service.training.recipes import CharLMRecipe, ForecastRecipe, Recipe
+from service.training.samples import SAMPLE_FILE, heldout_sample
 from service.training.text import UNKNOWN_CHAR, build_vocab, encode, lm_nll
 
 log = logging.getLogger(__name__)
@@ -288,9 +289,11 @@ def train_forecaster(
         headline_metric="rmse",
         parity=Parity(torch_vs_onnx=parity.torch_vs_onnx, step_vs_whole=parity.step_vs_whole),
         libraries=library_versions(),
+        sample_file=SAMPLE_FILE,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    return _finish(manifest, onnx_bytes, evaluation, parity, train_seconds, store, strict)
+    sample = {SAMPLE_FILE: heldout_sample(series, recipe.test_rows, recipe.limit_rows)}
+    return _finish(manifest, onnx_bytes, evaluation, parity, train_seconds, store, strict, sample)
 
 
 # --- character language model ----------------------------------------------------------------
@@ -392,6 +395,7 @@ def _finish(
     train_seconds: float,
     store: Path | None,
     strict: bool,
+    files: dict[str, bytes] | None = None,
 ) -> TrainResult:
     if evaluation.not_beaten:
         head = evaluation.headline
@@ -407,7 +411,7 @@ def _finish(
     if store is not None:
         version = next_version(store, manifest.name)
         manifest = manifest.model_copy(update={"version": version})
-        path = write_version(store, manifest, onnx_bytes)
+        path = write_version(store, manifest, onnx_bytes, files)
     return TrainResult(path, manifest, evaluation, parity, train_seconds)
 
 
