@@ -41,6 +41,7 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
+from service.inference.memory import release_memory
 from service.metrics import Metrics
 from service.models.registry import LoadedModel, State
 
@@ -131,6 +132,8 @@ def run_grouped(
             )
         for j, i in enumerate(indices):
             results[i] = SeqResult(y[j], finals[j], None if wire is None else wire[j])
+    if len(groups) > 1 and max_run_steps is not None and sum(len(s) for s in seqs) > max_run_steps:
+        release_memory()
     return [r for r in results if r is not None]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import ModelStoreError
+from service.inference.memory import release_memory
 from service.inference.worker.protocol import (
     HEAD,
     Failure,
@@ -40,6 +41,10 @@ from service.inference.worker.protocol import (
 )
 from service.models.registry import LoadedModel, load_model
 from service.models.store import StoredVersion
+
+TRIM_AFTER_STEPS = 4096
+"""After a batch of this many sequence-steps or more, free heap pages go back to the system
+(a long run's buffers would stay in the heap); smaller batches, the common case, skip it."""
 
 
 def run_group(model: LoadedModel, x: np.ndarray, states: dict[str, np.ndarray]) -> GroupOut:
@@ -128,6 +133,8 @@ def serve(fd: int, threads: int) -> None:
             worker.load(message)
         else:
             sock.sendall(encode(worker.run(message)))
+            if sum(g.x.shape[0] * g.x.shape[1] for g in message.groups) >= TRIM_AFTER_STEPS:
+                release_memory()
 
 
 if __name__ == "__main__":
