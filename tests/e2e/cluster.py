@@ -8,12 +8,14 @@ nginx with the deployed configuration (rewritten only where it must be, see
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import redis
 
@@ -46,6 +48,24 @@ class Cluster:
         old = self.replicas[index]
         self.replicas[index] = start_replica(self.log_dir, self.redis_url, port=old.port)
         return self.replicas[index]
+
+    def wait_in_rotation(self, index: int, timeout: float = 30.0) -> None:
+        """Send requests through nginx until replica ``index`` answers one.
+
+        nginx keeps a replica that failed out of its rotation for the deployed
+        ``fail_timeout``, also after it came back; a test that killed one waits here, so
+        that the tests after it (in any order) find every replica in rotation again.
+        """
+        mark = len(self.nginx.access_log().splitlines())
+        wanted = f"upstream=127.0.0.1:{self.replicas[index].port} "
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                client.get("/v1/models")
+                if any(wanted in line for line in self.nginx.access_log().splitlines()[mark:]):
+                    return
+                time.sleep(0.1)
+        raise AssertionError(f"nginx did not route to replica {index} again in {timeout}s")
 
 
 def clean_redis(url: str) -> None:

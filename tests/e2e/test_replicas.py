@@ -132,6 +132,7 @@ def test_a_replica_killed_mid_sequence_loses_nothing(cluster: Cluster, model_siz
 
     # The replica comes back on its port and serves the same sessions again.
     cluster.restart(0)
+    cluster.wait_in_rotation(0)
     with httpx.Client(base_url=cluster.replicas[0].url, timeout=10) as direct:
         assert direct.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
 
