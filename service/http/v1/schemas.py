@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from service.errors import InvalidInput, UnknownField
+from service.sessions.limits import MAX_RESTORED_STEPS
 
 F32_MAX = float(np.finfo(np.float32).max)
 INT64_MAX = 2**63 - 1
@@ -79,7 +80,7 @@ class CreateSessionBody(BaseModel):
         description="State tensors as GET /v1/sessions/{id}/state gives them: "
         '{"h": {"shape": [...], "dtype": "float32", "data_b64": "..."}, ...}',
     )
-    steps: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
+    steps: Annotated[int, Field(ge=0, le=MAX_RESTORED_STEPS)] | None = None
 
 
 class StepBody(BaseModel):
