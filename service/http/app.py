@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from service.errors import ServeError
 from service.http import health, websocket
+from service.http.console.routes import mount_console
 from service.http.context import RequestContext, RequestContextMiddleware
 from service.http.docs_ui import mount_docs_ui
 from service.http.problems import (
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     mount_docs_ui(app)
+    mount_console(app)
     app.include_router(health.router)
     app.router.routes.append(
         Route(v1_step.ROUTE, v1_step.StepEndpoint(), methods=["POST"], name="step_session")
