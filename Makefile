@@ -41,13 +41,21 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy service tests benchmarks
 
 # What the tests talk to: a Redis at 127.0.0.1:6379 (started if not answering) and nginx
-# (Debian's package, installed if missing) in front of the replicas in the e2e tests.
+# (Debian's package, installed if missing) in front of the replicas in the e2e tests; Debian's
+# chromium for the console's browser tests (Playwright drives it) and promtool (package
+# prometheus) for the monitoring config check.
 services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 		redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		 apt-get install -y -qq --no-install-recommends nginx >/dev/null)
+	@command -v chromium >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		 apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+	@command -v promtool >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		 apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 
 pytest: $(VENV)/.dev services
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import socket
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -44,6 +46,10 @@ CONTENT_SECURITY_POLICY = (
 )
 """Only this origin: the console makes no request to any other host (plotly draws with
 inline styles, so those are allowed)."""
+
+
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
+"""Which process answered: behind a load balancer each poll may reach another replica."""
 
 
 def plotly_js() -> Path:
@@ -112,6 +118,7 @@ async def metrics_json(core: Core, owner: Owner) -> Response:
         core.metrics.sessions_active.set(await core.store.count())
     _, ready = await readiness(core)
     body = {
+        "replica": REPLICA,
         "time": time.time(),
         "ready": ready,
         "model_process": core.settings.model_process,

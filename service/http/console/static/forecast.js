@@ -126,7 +126,7 @@ async function run(event) {
   if (!rows.length) throw new Error("no rows to stream");
   const label = (i) => (i < times.length ? times[i] : (sampleIsDated() ? addDays(times[times.length - 1], i - times.length + 1) : String(start + i)));
   running = true;
-  document.getElementById("fc-run").disabled = true;
+  document.getElementById("fc-run").setAttribute("aria-disabled", "true");
   plotsFor(names);
   const session = await api("POST", "/v1/sessions", { model: m.name, version: m.version, ttl_seconds: 600 });
   const errors = names.map(() => ({ model: 0, persistence: 0, n: 0 }));
@@ -157,7 +157,7 @@ async function run(event) {
     say("");
   } finally {
     running = false;
-    document.getElementById("fc-run").disabled = false;
+    document.getElementById("fc-run").removeAttribute("aria-disabled");
   }
 }
 

@@ -5,7 +5,7 @@ import { api, el, plotLayout, PLOT_CONFIG, say } from "./app.js";
 const INTERVAL_MS = 1000;
 const WINDOW = 180; // points kept per trace
 let timer = null;
-let previous = null;
+const previous = new Map(); // replica -> its last snapshot (rates per replica)
 const traces = {}; // plot id -> Map(trace name -> index)
 
 function family(snapshot, name) {
@@ -66,7 +66,7 @@ function counterBy(fam, suffix, groupBy, keep = () => true) {
 
 function newPlot(id, yTitle) {
   traces[id] = new Map();
-  Plotly.newPlot(id, [], plotLayout({ xaxis: { type: "date" }, yaxis: { title: { text: yTitle }, rangemode: "tozero" } }), PLOT_CONFIG);
+  Plotly.newPlot(id, [], plotLayout({ xaxis: { type: "date", nticks: 5 }, yaxis: { title: { text: yTitle }, rangemode: "tozero" } }), PLOT_CONFIG);
 }
 
 // Append one point per named series; a series seen for the first time becomes a trace.
@@ -104,6 +104,7 @@ function renderHealth(snapshot, sessionsActive) {
       snapshot.model_process ? `child processes, ${exits ? exits.value : 0} restarts` : "in-process threads",
     ),
     item("Sessions", true, String(sessionsActive)),
+    item("Replica", true, snapshot.replica),
     item("Draining", !r.draining, r.draining ? "yes" : "no"),
   );
 }
@@ -123,6 +124,7 @@ async function poll() {
   const queue = family(snapshot, "lstm_serve_inference_queue_wait_seconds");
   const active = family(snapshot, "lstm_serve_sessions_active").samples[0];
   const state = {
+    replica: snapshot.replica,
     time: snapshot.time,
     byRoute: counterBy(req, "_total", (l) => l.route),
     errors: counterBy(req, "_total", (l) => l.status, (l) => Number(l.status) >= 400),
@@ -132,37 +134,41 @@ async function poll() {
   };
   renderHealth(snapshot, active ? active.value : 0);
   append("plot-sessions", time, new Map([["active", active ? active.value : 0]]));
-  if (previous) {
-    const dt = state.time - previous.time || 1;
+  const last = previous.get(state.replica);
+  if (last) {
+    const dt = state.time - last.time || 1;
     const rate = (now, before) =>
       new Map([...now].map(([k, v]) => [k, Math.max(0, (v - (before.get(k) || 0)) / dt)]));
-    append("plot-rps", time, rate(state.byRoute, previous.byRoute));
-    append("plot-errors", time, rate(state.errors, previous.errors));
+    append("plot-rps", time, rate(state.byRoute, last.byRoute));
+    append("plot-errors", time, rate(state.errors, last.errors));
     const ms = (v) => (v === null ? null : v * 1000);
     const latency = new Map();
     if (state.latency) {
-      latency.set("p50", ms(quantile(state.latency, previous.latency, 0.5)));
-      latency.set("p99", ms(quantile(state.latency, previous.latency, 0.99)));
+      latency.set("p50", ms(quantile(state.latency, last.latency, 0.5)));
+      latency.set("p99", ms(quantile(state.latency, last.latency, 0.99)));
     }
     append("plot-latency", time, latency);
     const queueWait = new Map();
     if (state.queue) {
-      queueWait.set("p50", ms(quantile(state.queue, previous.queue, 0.5)));
-      queueWait.set("p99", ms(quantile(state.queue, previous.queue, 0.99)));
+      queueWait.set("p50", ms(quantile(state.queue, last.queue, 0.5)));
+      queueWait.set("p99", ms(quantile(state.queue, last.queue, 0.99)));
     }
     append("plot-queue", time, queueWait);
     const meanBatch = new Map();
     for (const [model, h] of state.batch) {
-      const before = previous.batch.get(model);
+      const before = last.batch.get(model);
       const count = h.count - (before ? before.count : 0);
       meanBatch.set(model, count > 0 ? (h.sum - (before ? before.sum : 0)) / count : null);
     }
     append("plot-batch", time, meanBatch);
   }
-  previous = state;
+  previous.set(state.replica, state);
 }
 
-export function init() {
+let drawn = false;
+// Drawn on first show, when the page is visible (a plot drawn hidden gets a default width).
+function draw() {
+  drawn = true;
   for (const [id, y] of [
     ["plot-rps", "req/s"], ["plot-latency", "ms"], ["plot-batch", "sequences"],
     ["plot-queue", "ms"], ["plot-sessions", "sessions"], ["plot-errors", "errors/s"],
@@ -172,7 +178,8 @@ export function init() {
 const PLOTS = ["plot-rps", "plot-latency", "plot-batch", "plot-queue", "plot-sessions", "plot-errors"];
 
 export async function show() {
-  for (const id of PLOTS) Plotly.Plots.resize(id); // drawn while hidden: fit the page now
+  if (!drawn) draw();
+  else for (const id of PLOTS) Plotly.Plots.resize(id);
   if (timer === null) {
     await poll();
     timer = setInterval(poll, INTERVAL_MS);
@@ -182,5 +189,5 @@ export async function show() {
 export function hide() {
   clearInterval(timer);
   timer = null;
-  previous = null; // rates restart on return rather than spanning the hidden time
+  previous.clear(); // rates restart on return rather than spanning the hidden time
 }

@@ -69,7 +69,7 @@ async function run(event) {
   out.dataset.state = "streaming";
   steps = [];
   running = true;
-  document.getElementById("tx-run").disabled = true;
+  document.getElementById("tx-run").setAttribute("aria-disabled", "true");
   try {
     const response = await request("POST", `/v1/models/${encodeURIComponent(model)}/generate`, body);
     let generated = "";
@@ -97,7 +97,7 @@ async function run(event) {
     if (steps.length) showStep(steps.length - 1);
   } finally {
     running = false;
-    document.getElementById("tx-run").disabled = false;
+    document.getElementById("tx-run").removeAttribute("aria-disabled");
     if (out.dataset.state === "streaming") out.dataset.state = "failed";
   }
 }
