@@ -7,12 +7,21 @@ turn, in ``--rounds`` rounds, so that each ratio compares numbers taken minutes 
 more than a round apart (this machine's speed drifts):
 
 - ``service``: ``lstm-serve serve`` on the bundled model (or a tiny random one if the
-  bundled store lacks it): session step, predict, WebSocket steps in lock-step (one frame
-  in flight per socket) and streamed (``WS_DEPTH`` frames in flight per socket);
+  bundled store lacks it), as users run it (the access log on): session step, ``/v1``
+  predict and ``/v2`` JSON infer of one 24-step sequence, WebSocket steps in lock-step
+  (one frame in flight per socket) and streamed (``WS_DEPTH`` frames in flight per socket);
+- ``service/nolog``: the same with ``LSTM_SERVE_REQUEST_LOG=false``, for reference;
+- ``--compare PATH``: another checkout of lstm-serve (for example the code before a
+  change, ``git worktree add /tmp/before <commit>``) served the same way from its own code
+  and bundled model store, with and without its access log, beside this one in the same
+  rounds;
 - ``floor``: ``benchmarks/floor_app.py``, a bare Starlette route that parses the same
   body and answers a step-shaped reply with no model, on stock uvicorn;
 - ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
   states and the same model shape (skipped when torch is not installed).
+
+Every HTTP case (step, predict, infer) is driven in turn on each server that has it, in
+``--rounds`` rounds.
 
 In-process it measures the raw onnxruntime step cost (the compute limit) and the memory
 of idle sessions (RSS growth of a fresh process creating them through the
@@ -58,13 +67,13 @@ class Result:
 
     def row(self) -> str:
         return (
-            f"{self.server:<8} {self.case:<24} {self.concurrency:>5} {self.rps:>10,.0f} "
+            f"{self.server:<15} {self.case:<24} {self.concurrency:>5} {self.rps:>10,.0f} "
             f"{self.p50_ms:>9.3f} {self.p99_ms:>9.3f} {self.errors:>7}"
         )
 
 
 HEADER = (
-    f"{'server':<8} {'case':<24} {'conc':>5} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
+    f"{'server':<15} {'case':<24} {'conc':>5} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
     f"{'errors':>7}"
 )
 
@@ -76,15 +85,24 @@ def _free_port() -> int:
         return port
 
 
+def _free_ports(n: int) -> list[int]:
+    """``n`` different free ports (held together while they are picked)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 @contextlib.contextmanager
 def _server(
-    cmd: list[str], port: int, env: dict[str, str] | None, log: Path
+    cmd: list[str], port: int, env: dict[str, str] | None, log: Path, cwd: Path = REPO
 ) -> Iterator[subprocess.Popen[bytes]]:
     import httpx
 
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+            cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 60
@@ -358,7 +376,17 @@ def main(argv: list[str]) -> int:
         help="the HTTP step cases of all servers are driven in turn, this many times "
         "(at most one round a second)",
     )
-    parser.add_argument("--only", nargs="+", default=None, help="servers: service floor torch")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="servers: service nolog floor torch"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="another lstm-serve checkout to serve beside this one, with and without its "
+        "access log (its own code and bundled model store, this run's settings)",
+    )
+    parser.add_argument("--compare-label", default="compare", help="its name in the table")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--_idle-memory", dest="idle_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -369,7 +397,7 @@ def main(argv: list[str]) -> int:
         return 0
 
     seconds = args.duration or (3.0 if args.quick else 10.0)
-    only = set(args.only or ["service", "floor", "torch"])
+    only = set(args.only or ["service", "nolog", "floor", "torch"])
     have_wrk = shutil.which("wrk") is not None
     have_torch = importlib.util.find_spec("torch") is not None
     tmp = Path(tempfile.mkdtemp(prefix="lstm-serve-bench-"))
@@ -395,6 +423,7 @@ def main(argv: list[str]) -> int:
     predict_body.write_text(
         json.dumps({"inputs": [[round(v + 0.1 * t, 3) for v in mean] for t in range(24)]})
     )
+    predict_path = f"/v1/models/{model_name}/predict"
 
     print(
         f"lstm-serve bench: model {model.key} ({m.cell}, {m.layers}x{m.hidden_size}, "
@@ -416,23 +445,50 @@ def main(argv: list[str]) -> int:
     print(HEADER)
     env = {
         "LSTM_SERVE_MODEL_STORE": str(store),
-        "LSTM_SERVE_REQUEST_LOG": "false",
         "LSTM_SERVE_MAX_SESSIONS": str(max(100_000, args.sessions * 2)),
     }
-    # Every server runs at once, and the step cases are driven in turn, round after round:
-    # this machine's speed drifts by tens of percent over minutes, and a ratio of numbers
-    # taken minutes apart measured the drift as much as the servers.
+    nolog = {"LSTM_SERVE_REQUEST_LOG": "false"}
+    # (server, checkout, extra environment): the service as users run it (access log on,
+    # the default level), then the reference rows
+    services: list[tuple[str, Path, dict[str, str]]] = []
+    if "service" in only:
+        services.append(("service", REPO, {}))
+    if "nolog" in only:
+        services.append(("service/nolog", REPO, nolog))
+    if args.compare is not None:
+        label = args.compare_label
+        # its own bundled store when it has one: a manifest of this checkout may have
+        # fields that the other's does not know
+        theirs = args.compare / "model_store"
+        own_store = {"LSTM_SERVE_MODEL_STORE": str(theirs)} if theirs.is_dir() else {}
+        services += [
+            (label, args.compare, own_store),
+            (f"{label}/nolog", args.compare, {**own_store, **nolog}),
+        ]
+    v2_path = f"/v2/models/{model_name}/infer"
+    infer_body = tmp / "infer.json"
+    # Every server runs at once, and each case is driven on every server in turn, round
+    # after round: this machine's speed drifts by tens of percent over minutes, and a ratio
+    # of numbers taken minutes apart measured the drift as much as the servers.
     steppers: list[tuple[str, str, int, Path]] = []  # server, case, port, session ids
+    posters: list[tuple[str, int]] = []  # servers with /v1 predict and /v2 infer
+    service_port = 0
+    service_ids = tmp / "ids.txt"
     with contextlib.ExitStack() as running:
-        service_port = 0
-        service_ids = tmp / "ids.txt"
-        if "service" in only:
-            service_port = _free_port()
-            cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(service_port)]
-            cmd += ["--log-level", "warning"]
-            running.enter_context(_server(cmd, service_port, env, tmp / "service.log"))
-            _create_sessions(service_port, model_name, args.sessions, service_ids)
-            steppers.append(("service", "session step", service_port, service_ids))
+        for name, tree, extra_env in services:
+            port, grpc_port = _free_ports(2)
+            cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+            slug = name.replace("/", "-")
+            log = tmp / f"{slug}.log"
+            own = {**env, **extra_env, "LSTM_SERVE_GRPC_PORT": str(grpc_port)}
+            running.enter_context(_server(cmd, port, own, log, tree))
+            ids = _create_sessions(port, model_name, args.sessions, tmp / f"{slug}-ids.txt")
+            steppers.append((name, "session step", port, ids))
+            posters.append((name, port))
+            if not service_port:
+                service_port, service_ids = port, ids
+        if posters:
+            infer_body.write_text(json.dumps(_infer_body(posters[0][1], model_name, predict_body)))
         others: list[tuple[str, str, list[str]]] = []
         if "floor" in only:
             floor = [sys.executable, str(BENCH_DIR / "floor_app.py")]
@@ -453,33 +509,50 @@ def main(argv: list[str]) -> int:
             steppers.append((server, case, port, fake_ids))
 
         if have_wrk:
+            # (case, servers as (name, port, wrk script, its arguments, path))
+            cases: list[tuple[str, list[tuple[str, int, str, list[str], str]]]] = [
+                (
+                    "session step",
+                    [
+                        (name, port, "step.lua", [str(ids), str(step_body)], "/")
+                        for name, _, port, ids in steppers
+                    ],
+                ),
+                (
+                    "predict (24 steps)",
+                    [
+                        (name, port, "post.lua", [str(predict_body)], predict_path)
+                        for name, port in posters
+                    ],
+                ),
+                (
+                    "v2 infer JSON (24 steps)",
+                    [
+                        (name, port, "post.lua", [str(infer_body)], v2_path)
+                        for name, port in posters
+                    ],
+                ),
+            ]
             for _, _, port, ids in steppers:
                 wrk(port, 16, 1, "step.lua", [str(ids), str(step_body)])  # warm-up
             rounds = max(1, min(args.rounds, round(seconds)))
             for c in args.concurrency:
-                docs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in steppers}
-                for _ in range(rounds):
-                    for name, _, port, ids in steppers:
-                        step_args = [str(ids), str(step_body)]
-                        docs[name].append(wrk(port, c, seconds / rounds, "step.lua", step_args))
-                for name, case, _, _ in steppers:
-                    record(_result(name, case, c, _combine(docs[name])))
-                if rounds > 1 and "service" in docs and "floor" in docs:
-                    per_round = [
-                        _rate(a) / _rate(b)
-                        for a, b in zip(docs["service"], docs["floor"], strict=True)
-                    ]
-                    shown = " ".join(f"{x:.2f}" for x in per_round)
-                    print(f"         step / floor at c{c}, round by round: {shown}")
-                    extra[f"step_over_floor_c{c}_rounds"] = per_round
+                for case, drivers in cases:
+                    if not drivers:
+                        continue
+                    docs: dict[str, list[dict[str, float]]] = {d[0]: [] for d in drivers}
+                    for _ in range(rounds):
+                        for name, port, script, script_args, path in drivers:
+                            doc = wrk(port, c, seconds / rounds, script, script_args, path)
+                            docs[name].append(doc)
+                    by_server = {d[0]: _combine(docs[d[0]]) for d in drivers}
+                    for name, doc in by_server.items():
+                        shown = case if name in dict(posters) else _other_case(steppers, name)
+                        record(_result(name, shown, c, doc))
+                    _ratios(extra, docs, case, c, rounds, args.compare_label)
 
         if service_port:
             port = service_port
-            if have_wrk:
-                predict = f"/v1/models/{model_name}/predict"
-                for c in args.concurrency:
-                    doc = wrk(port, c, seconds, "post.lua", [str(predict_body)], predict)
-                    record(_result("service", "predict (24 steps)", c, doc))
             if _route_exists(port):
                 for c in args.concurrency:
                     doc = ws_load(port, c, seconds, service_ids, step_body)
@@ -529,7 +602,7 @@ def main(argv: list[str]) -> int:
     )
     if "service_batching" in extra:
         print(f"service batching during the run: {extra['service_batching']}")
-    _summary(results, mem, idle_n)
+    _summary(results, mem, idle_n, args.compare_label)
     print(f"load average at end {_load_avg()}")
     if args.json:
         args.json.write_text(
@@ -546,10 +619,55 @@ def _create_sessions(port: int, model: str, n: int, path: Path) -> Path:
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         for _ in range(n):
             r = client.post("/v1/sessions", json={"model": model})
-            r.raise_for_status()
+            if r.status_code != 201 and r.status_code != 200:
+                raise RuntimeError(f"creating a session on port {port}: {r.status_code} {r.text}")
             ids.append(r.json()["id"])
     path.write_text("\n".join(ids) + "\n")
     return path
+
+
+def _infer_body(port: int, model: str, predict_body: Path) -> dict[str, object]:
+    """The ``/v2`` JSON infer request for the same sequence as the predict body, to the
+    input the model's ``/v2`` metadata names."""
+    import httpx
+
+    meta = httpx.get(f"http://127.0.0.1:{port}/v2/models/{model}", timeout=10).json()
+    input_name: str = meta["inputs"][0]["name"]
+    seq: list[list[float]] = json.loads(predict_body.read_text())["inputs"]
+    flat = [v for step in seq for v in step]
+    shape = [1, len(seq), len(seq[0])]
+    return {"inputs": [{"name": input_name, "datatype": "FP32", "shape": shape, "data": flat}]}
+
+
+def _other_case(steppers: list[tuple[str, str, int, Path]], name: str) -> str:
+    return next(case for server, case, _, _ in steppers if server == name)
+
+
+def _ratios(
+    extra: dict[str, object],
+    docs: dict[str, list[dict[str, float]]],
+    case: str,
+    conc: int,
+    rounds: int,
+    compare: str,
+) -> None:
+    """Ratios of interleaved rounds (each round's pair taken seconds apart), printed and
+    kept in the JSON: access log on / off, this checkout / ``--compare``, step / floor."""
+    pairs = [
+        ("service", "service/nolog", "log on / off"),
+        ("service/nolog", f"{compare}/nolog", f"this / {compare}, log off"),
+        ("service", compare, f"this / {compare}, log on"),
+        ("service/nolog", "floor", "step / floor"),
+        (f"{compare}/nolog", "floor", f"{compare} step / floor"),
+    ]
+    for a, b, what in pairs:
+        if a not in docs or b not in docs:
+            continue
+        per_round = [_rate(x) / _rate(y) for x, y in zip(docs[a], docs[b], strict=True)]
+        total = _rate(_combine(docs[a])) / _rate(_combine(docs[b]))
+        shown = " ".join(f"{x:.2f}" for x in per_round) if rounds > 1 else ""
+        print(f"{'':16}{case} c{conc}, {what}: {total:.2f}  (rounds: {shown})")
+        extra[f"{case} c{conc}: {what}"] = {"overall": total, "rounds": per_round}
 
 
 def _fake_ids(n: int, path: Path) -> Path:
@@ -590,7 +708,7 @@ def _find(results: list[Result], server: str, case: str, conc: int) -> Result | 
     return None
 
 
-def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
+def _summary(results: list[Result], mem: dict[str, float], idle_n: int, compare: str) -> None:
     print("\ntargets:")
     step64 = _find(results, "service", "session step", 64)
     step1 = _find(results, "service", "session step", 1)
@@ -623,6 +741,19 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int) -> None:
     )
     r = ws64.rps / step64.rps if ws64 and step64 else None
     print(f"  {'(WS lock-step c64 / HTTP step c64)':<44} {'n/a' if r is None else f'{r:.2f}':>8}")
+    nolog64 = _find(results, "service/nolog", "session step", 64)
+    r = step64.rps / nolog64.rps if step64 and nolog64 else None
+    line("step c64, access log on / off", r, ">= 0.9", None if r is None else r >= 0.9)
+    predict64 = _find(results, "service", "predict", 64)
+    infer64 = _find(results, "service", "v2 infer", 64)
+    r = infer64.rps / predict64.rps if infer64 and predict64 else None
+    line("/v2 JSON infer c64 / /v1 predict c64", r, ">= 0.9", None if r is None else r >= 0.9)
+    for server, other in ((compare, "service"), (f"{compare}/nolog", "service/nolog")):
+        old = _find(results, server, "session step", 64)
+        new = _find(results, other, "session step", 64)
+        if old and new:
+            r = new.rps / old.rps
+            line(f"step c64, {other} / {server}", r, ">= 0.9", r >= 0.9)
 
 
 if __name__ == "__main__":

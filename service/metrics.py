@@ -79,6 +79,11 @@ class Metrics:
             ("service", "rpc", "code"),
         )
         r.register(self.grpc_requests)
+        self.access_log_dropped = Counter(
+            "lstm_serve_access_log_dropped",
+            "Access-log lines not written: the writer's queue was full or the stream failed",
+            registry=r,
+        )
         self.sessions_active = Gauge(
             "lstm_serve_sessions_active", "Live sessions (as seen by this replica)", registry=r
         )

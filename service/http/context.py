@@ -1,29 +1,27 @@
 """Per-request context: ``X-Request-ID``, request metrics by route, one access-log line.
 
 ``RequestContextMiddleware`` (pure ASGI) wraps every HTTP route of the app, the session
-step included. The access log records the path without its query string, so a credential
-sent as a query parameter never reaches it (``service.redaction`` cleans every log line
-besides).
+step included. The access log (``service.http.access_log``) records the path without its
+query string, so a credential sent as a query parameter never reaches it.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.http.access_log import AccessLog
 from service.metrics import Metrics
-
-access_log = logging.getLogger("service.access")
 
 
 class RequestContext:
-    def __init__(self, metrics: Metrics, log_requests: bool) -> None:
+    def __init__(self, metrics: Metrics, log_requests: bool, log: AccessLog | None = None) -> None:
         self.metrics = metrics
         self.log_requests = log_requests
+        self.access_log = log if log is not None else AccessLog(metrics)
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count()
 
@@ -43,19 +41,14 @@ class RequestContext:
 
     def done(self, scope: Scope, route: str, status: int, started: float, request_id: str) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.observe_request(scope["method"], route, status, elapsed)
+        method: str = scope["method"]
+        self.metrics.requests.observe(method, route, status, elapsed)
         if self.log_requests:
-            access_log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                },
-            )
+            self.access_log.write(request_id, method, scope["path"], route, status, elapsed)
+
+    def close(self) -> None:
+        """Write the access-log lines still queued and stop its writer."""
+        self.access_log.close()
 
 
 def route_of(scope: Scope) -> str:
@@ -78,8 +71,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = self.context.request_id(scope)
-        rid = request_id.encode("latin-1")
+        context = self.context
+        request_id = context.request_id(scope)
         status = 500
         started = time.perf_counter()
 
@@ -87,10 +80,13 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.context.done(scope, route_of(scope), status, started, request_id)
+            context.done(scope, route_of(scope), status, started, request_id)
