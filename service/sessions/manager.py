@@ -28,6 +28,7 @@ from service.errors import (
     InvalidInput,
     ModelNotFound,
     OffsetConflict,
+    ServeError,
     SessionCorrupt,
     SessionGone,
     SessionNotFound,
@@ -38,6 +39,7 @@ from service.inference.runner import Runner
 from service.metrics import Metrics
 from service.models.encoding import inputs_digest
 from service.models.registry import LoadedModel, ModelRegistry, State
+from service.sessions.cache import same_record
 from service.sessions.limits import MAX_RESTORED_STEPS, record_fits
 from service.sessions.locks import SessionLocks
 from service.sessions.record import LastApplied, SessionRecord
@@ -285,23 +287,49 @@ class SessionManager:
         """The compare-and-set loop every change of a session's state goes through.
 
         The caller holds the session's lock. ``change`` gets the current record (``rec``
-        on the first attempt when given) and returns the record to save, with the next
-        revision, or None to save nothing. A save that lost to another replica's write
-        reruns ``change`` on the record that won.
+        on the first attempt when given; else the store's trusted copy, ``recent``, when
+        it has one; else a load) and returns the record to save, with the next revision,
+        or None to save nothing. A save that lost to another replica's write reruns
+        ``change`` on the record that won. An outcome computed from the store's copy that
+        saves nothing (a replay, an offset conflict, any refusal) stands only if a fresh
+        load finds that very record; otherwise ``change`` runs again on the fresh one.
         """
         store = self.store
         for _ in range(attempts):
+            copy = False
             if rec is None:
-                try:
-                    rec = _owned(await store.load(session_id), owner, kind)
-                except SessionGone as exc:
-                    _hide_foreign(exc, owner, session_id)
-                    raise
-            new, result = await change(rec)
-            if new is None or await store.save(new, rec.revision):
+                rec = store.recent(session_id)
+                if rec is not None and rec.owner == owner and rec.kind == kind:
+                    copy = True
+                else:
+                    rec = await self._load(owner, session_id, kind)
+            try:
+                new, result = await change(rec)
+            except ServeError:
+                if copy and not same_record(
+                    rec, fresh := await self._load(owner, session_id, kind)
+                ):
+                    rec = fresh
+                    continue
+                raise
+            if new is None:
+                if copy and not same_record(
+                    rec, fresh := await self._load(owner, session_id, kind)
+                ):
+                    rec = fresh
+                    continue
+                return result
+            if await store.save(new, rec.revision):
                 return result
             rec = None
         raise StoreUnavailable(f"session {session_id!r} is contended; retry")
+
+    async def _load(self, owner: str, session_id: str, kind: str) -> SessionRecord:
+        try:
+            return _owned(await self.store.load(session_id), owner, kind)
+        except SessionGone as exc:
+            _hide_foreign(exc, owner, session_id)
+            raise
 
     async def advance(
         self,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.errors import CapacityReached, SessionGone, SessionNotFound
+from service.errors import CapacityReached, ServeError, SessionGone, SessionNotFound
 from service.sessions.record import Clock, SessionRecord
 
 
@@ -61,15 +61,41 @@ class MemoryStore:
         self._tombstones.pop(rec.id, None)
         self._records[rec.id] = rec
 
+    def recent(self, session_id: str) -> SessionRecord | None:
+        return None  # ``load`` is a dict lookup already
+
     async def load(self, session_id: str) -> SessionRecord:
         return self._live(session_id)
 
+    async def load_many(self, ids: Sequence[str]) -> list[SessionRecord | ServeError]:
+        out: list[SessionRecord | ServeError] = []
+        for sid in ids:
+            try:
+                out.append(self._live(sid))
+            except ServeError as exc:
+                out.append(exc)
+        return out
+
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
+        return self._save(rec, expected_revision)
+
+    def _save(self, rec: SessionRecord, expected_revision: int) -> bool:
         current = self._live(rec.id)
-        if current.revision != expected_revision:
+        if current.revision != expected_revision or current.created_at != rec.created_at:
             return False
         self._records[rec.id] = rec
         return True
+
+    async def save_many(
+        self, items: Sequence[tuple[SessionRecord, int]]
+    ) -> list[bool | ServeError]:
+        out: list[bool | ServeError] = []
+        for rec, expected in items:
+            try:
+                out.append(self._save(rec, expected))
+            except ServeError as exc:
+                out.append(exc)
+        return out
 
     async def delete(self, session_id: str) -> bool:
         self._tombstones.pop(session_id, None)

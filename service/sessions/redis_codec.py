@@ -11,6 +11,8 @@ Fields (see ``service.sessions.redis_store`` for the keys)::
     m          orjson metadata: ids, steps, times, tensor shapes, the last request's offset,
                step count, digest and output shape
     r          revision, the compare-and-set counter
+    c          incarnation: ``created_at`` as ``repr`` (a record replaced under the same id
+               has another), checked with ``r`` by the compare-and-set
     o, k, ttl  owner, kind and TTL (read by the Lua scripts)
     x:{name}   one state tensor, raw little-endian float32
     lo         last output, raw float32
@@ -47,6 +49,11 @@ def _f32(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f4").tobytes()
 
 
+def incarnation(rec: SessionRecord) -> str:
+    """Which record of its id ``rec`` is (field ``c``): its creation time, exactly."""
+    return repr(float(rec.created_at))
+
+
 def record_fields(rec: SessionRecord) -> dict[str, bytes]:
     """The record as hash fields: metadata as JSON, tensors as raw float32 bytes."""
     last = rec.last
@@ -76,6 +83,7 @@ def record_fields(rec: SessionRecord) -> dict[str, bytes]:
     fields: dict[str, bytes] = {
         "m": orjson.dumps(meta),
         "r": str(rec.revision).encode(),
+        "c": incarnation(rec).encode(),
         "o": rec.owner.encode(),
         "k": rec.kind.encode(),
         "ttl": str(rec.ttl_seconds).encode(),
@@ -95,6 +103,14 @@ def flat(fields: dict[str, bytes]) -> list[str | bytes]:
     for k, v in fields.items():
         out += [k, v]
     return out
+
+
+def packed(fields: dict[str, bytes]) -> tuple[bytes, str, bytes]:
+    """``fields`` as the ``SAVE`` script takes them: the names end to end, the length of
+    each name and value (``name:value,...``), and the values end to end."""
+    names = [k.encode() for k in fields]
+    lengths = ",".join([f"{len(k)}:{len(v)}" for k, v in zip(names, fields.values(), strict=True)])
+    return b"".join(names), lengths, b"".join(fields.values())
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -217,6 +233,10 @@ def _decode(fields: dict[bytes, bytes], session_id: str) -> SessionRecord:
         name: _tensor(fields, TENSOR + name, _shape(shape, f"state.{name}"))
         for name, shape in shapes.items()
     }
+    created_at = _time(meta, "created_at")
+    stamp = fields.get(b"c")
+    if stamp is not None and stamp != repr(created_at).encode():
+        raise _Bad("field c disagrees with the metadata's created_at")
     lo_shape = meta.get("last_output")
     return SessionRecord(
         id=rec_id,
@@ -224,7 +244,7 @@ def _decode(fields: dict[bytes, bytes], session_id: str) -> SessionRecord:
         model=_str(meta, "model"),
         version=_int(meta, "version", 0, 2**63 - 1),
         steps=steps,
-        created_at=_time(meta, "created_at"),
+        created_at=created_at,
         ttl_seconds=ttl,
         expires_at=_time(meta, "expires_at"),
         state=state,

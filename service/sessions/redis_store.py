@@ -17,141 +17,77 @@ so create-with-capacity (overall and per key) and compare-and-set ``save`` are a
 across replicas. Expiries are relative (``PEXPIRE``), so only durations, not the clocks of
 the replicas and the Redis host, need to agree.
 
-Errors: an outage (refused connection, timeout, a Redis that is loading, out of memory, or
-read-only after a failover) is ``StoreUnavailable`` with a retry hint. An error reply about
-a session's own keys (``WRONGTYPE``), and a record that fails validation, is
-``SessionCorrupt``: that session can only be deleted, listings leave it out. Any other error
-reply is ``StoreUnavailable`` without a retry hint. Details (address, command, key) are
-logged, never put in the error. Socket timeouts are short and nothing is retried inside the
-client: a timed-out ``save`` may or may not have been applied, and a blind retry could apply
-a step twice; the session manager's offsets make the client's retry safe instead. Dead
-pooled connections are dropped and reopened by redis-py, so the store recovers without a
-restart when Redis comes back.
+One round trip per step: the store keeps the records it wrote recently
+(``service.sessions.cache``, bounded by ``cache_records`` and ``cache_bytes``) and offers
+a copy it has reason to trust through ``recent``; the compare-and-set of ``save`` checks
+the revision and the incarnation (field ``c``) the step started from, so a step computed
+from a copy that another replica has outdated is not saved, and the session manager
+recomputes it from a fresh load. Loads and saves made in one event-loop iteration (the
+steps of one onnxruntime batch) go to Redis as one pipeline (``TickBatch``), each save
+still its own script call on its own session's keys.
 
-Not for Redis Cluster: the scripts touch the shared ``live`` set and the owner's records
-together with the session's keys. Use one primary (with Sentinel or a managed failover if
-needed).
+Errors (``service.sessions.redis_errors``): an outage is ``StoreUnavailable`` with a retry
+hint; an error reply about a session's own keys (``WRONGTYPE``), and a record that fails
+validation, is ``SessionCorrupt``: that session can only be deleted, listings leave it
+out. Socket timeouts are short and nothing is retried inside the client: a timed-out
+``save`` may or may not have been applied (its cached copy is dropped), and a blind retry
+could apply a step twice; the session manager's offsets make the client's retry safe
+instead. Dead pooled connections are dropped and reopened by redis-py, so the store
+recovers without a restart when Redis comes back.
+
+Not for Redis Cluster yet: the scripts touch the shared ``live`` set and the owner's
+index together with the session's keys.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ClusterDownError,
-    ConnectionError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-    TimeoutError,
-    TryAgainError,
-)
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from service.errors import CapacityReached, SessionGone, SessionNotFound, StoreUnavailable
+from service.errors import (
+    CapacityReached,
+    ServeError,
+    SessionGone,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from service.sessions import redis_scripts
+from service.sessions.cache import RecordCache
+from service.sessions.coalesce import TickBatch
 from service.sessions.record import Clock, SessionRecord
-from service.sessions.redis_codec import corrupt, flat, record_fields, record_from_fields
+from service.sessions.redis_codec import (
+    corrupt,
+    flat,
+    incarnation,
+    packed,
+    record_fields,
+    record_from_fields,
+)
+from service.sessions.redis_errors import (
+    core_error,
+    is_outage,
+    no_maint_notifications,
+    text,
+    translated,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
-_OUTAGE_REPLIES = (
-    "LOADING",
-    "BUSY",
-    "MASTERDOWN",
-    "NOREPLICAS",
-    "OOM",
-    "READONLY",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-)
-"""Error replies of a Redis that is (for now) not serving writes: retrying can help."""
+Call = tuple[list[str], list[Any]]
+"""One script call: its keys and its arguments."""
 
 
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means Redis is unreachable or not serving (retrying can help), as
-    opposed to an error reply about what it was asked (``WRONGTYPE``, a script error)."""
-    if isinstance(
-        exc,
-        ConnectionError
-        | TimeoutError
-        | OSError
-        | ReadOnlyError
-        | OutOfMemoryError
-        | TryAgainError
-        | ClusterDownError,
-    ):
-        return True
-    if isinstance(exc, ResponseError):
-        reply = str(exc).lstrip()
-        return reply.startswith(_OUTAGE_REPLIES)
-    return False
-
-
-@contextmanager
-def _translated(op: str, session_id: str | None = None) -> Iterator[None]:
-    """Turn Redis and socket errors into the core's errors, logging what they were.
-
-    An outage is ``StoreUnavailable`` with ``Retry-After``; any other error reply on a
-    session's keys means its record is damaged (``SessionCorrupt``); elsewhere it is
-    ``StoreUnavailable`` without ``Retry-After``. The client is never told the address,
-    command or key: those go to the log.
-    """
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        if is_outage(exc):
-            log.warning("session store %s failed: %s", op, exc)
-            raise StoreUnavailable("the session store is not answering; retry later") from exc
-        if session_id is not None:
-            log.error("session store %s of session %s failed: %s", op, session_id, exc)
-            raise corrupt(session_id, None) from exc
-        log.error("session store %s failed: %s", op, exc)
-        raise StoreUnavailable(
-            "the session store failed; the server's log says why", retry_after=None
-        ) from exc
-
-
-def _no_maint_notifications() -> dict[str, Any]:
-    """Turn off redis-py's maintenance notifications (redis-py 7+, default ``"auto"``).
-
-    While they are on, the pool skips its check for connections the server closed, so
-    the first request after a Redis restart would fail on a dead pooled connection.
-    """
-    try:
-        from redis.maint_notifications import MaintNotificationsConfig
-    except ImportError:  # older redis-py: nothing to turn off
-        return {}
-    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
-
-
-def _replies(op: str, replies: list[Any]) -> list[Any]:
-    """A pipeline's replies, raising an outage among them; other error replies stay in the
-    list (as ``ResponseError``) for the caller to put down to the session they concern."""
-    for reply in replies:
-        if isinstance(reply, BaseException) and (
-            not isinstance(reply, ResponseError) or is_outage(reply)
-        ):
-            with _translated(op):
-                raise reply
-    return replies
-
-
-def _text(raw: object) -> str | None:
-    if isinstance(raw, bytes):
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            return None
-    return None
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 class RedisStore:
@@ -163,6 +99,8 @@ class RedisStore:
         clock: Clock = time.time,
         on_gone: Callable[[str], None] | None = None,
         prefix: str = "lstm:",
+        cache_records: int = 10_000,
+        cache_bytes: int = 64 * 2**20,
     ) -> None:
         self._redis = client
         self._clock = clock
@@ -170,9 +108,12 @@ class RedisStore:
         self.prefix = prefix
         self._live_key = f"{prefix}live"
         self._create = client.register_script(redis_scripts.CREATE)
-        self._save = client.register_script(redis_scripts.SAVE)
         self._evict = client.register_script(redis_scripts.EVICT)
         self._delete = client.register_script(redis_scripts.DELETE)
+        self._save_sha = _sha(redis_scripts.SAVE)
+        self._cache = RecordCache(cache_records, cache_bytes)
+        self._loads: TickBatch[str, SessionRecord] = TickBatch(self.load_many)
+        self._saves: TickBatch[tuple[SessionRecord, int], bool] = TickBatch(self.save_many)
 
     @classmethod
     def from_url(
@@ -185,11 +126,15 @@ class RedisStore:
         socket_timeout: float = 1.0,
         connect_timeout: float = 0.5,
         max_connections: int = 64,
+        cache_records: int = 10_000,
+        cache_bytes: int = 64 * 2**20,
     ) -> RedisStore:
         """A store on ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
         ``socket_timeout`` bounds how long a request waits on a hung Redis before it is
         answered 503; ``connect_timeout`` the same for a Redis that is down or unreachable.
+        ``cache_records`` and ``cache_bytes`` bound the copies of recently written records
+        (0 records: no copies, every step loads).
         """
         client = aioredis.Redis.from_url(
             url,
@@ -198,9 +143,16 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
             max_connections=max_connections,
             health_check_interval=30,
-            **_no_maint_notifications(),
+            **no_maint_notifications(),
         )
-        return cls(client, clock=clock, on_gone=on_gone, prefix=prefix)
+        return cls(
+            client,
+            clock=clock,
+            on_gone=on_gone,
+            prefix=prefix,
+            cache_records=cache_records,
+            cache_bytes=cache_bytes,
+        )
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -213,9 +165,9 @@ class RedisStore:
     def _okey(self, owner: str, kind: str) -> str:
         return f"{self.prefix}o:{kind}:{owner}"
 
-    def _expiries(self, rec: SessionRecord) -> tuple[int, int]:
+    def _expiries(self, rec: SessionRecord, now: float) -> tuple[int, int]:
         """Milliseconds until the record expires, and until its tombstone does."""
-        ttl_ms = max(1, round((rec.expires_at - self._clock()) * 1000))
+        ttl_ms = max(1, round((rec.expires_at - now) * 1000))
         return ttl_ms, ttl_ms + rec.ttl_seconds * 1000
 
     def _gone(self, reason: str, n: int = 1) -> None:
@@ -226,8 +178,9 @@ class RedisStore:
     # -- protocol -----------------------------------------------------------------------------
 
     async def create(self, rec: SessionRecord, max_sessions: int, max_per_owner: int = 0) -> None:
-        ttl_ms, tomb_ms = self._expiries(rec)
-        with _translated("create"):
+        now = self._clock()
+        ttl_ms, tomb_ms = self._expiries(rec, now)
+        with translated("create"):
             status, pruned = await self._create(
                 keys=[
                     self._rkey(rec.id),
@@ -236,7 +189,7 @@ class RedisStore:
                     self._okey(rec.owner, rec.kind),
                 ],
                 args=[
-                    repr(self._clock()),
+                    repr(now),
                     max_sessions,
                     rec.id,
                     repr(rec.expires_at),
@@ -255,19 +208,49 @@ class RedisStore:
             raise CapacityReached(
                 f"this key already holds {max_per_owner} sessions, the limit per key"
             )
+        self._cache.wrote(rec)
+
+    def recent(self, session_id: str) -> SessionRecord | None:
+        return self._cache.recent(session_id, self._clock())
 
     async def load(self, session_id: str) -> SessionRecord:
-        with _translated("load"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._rkey(session_id))
-                pipe.hgetall(self._tkey(session_id))
-                fields, tomb = _replies("load", await pipe.execute(raise_on_error=False))
+        return await self._loads.submit(session_id)
+
+    async def load_many(self, ids: Sequence[str]) -> list[SessionRecord | ServeError]:
+        """One pipeline: each session's record and tombstone."""
+        try:
+            with translated("load"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for sid in ids:
+                        pipe.hgetall(self._rkey(sid))
+                        pipe.hgetall(self._tkey(sid))
+                    replies = await pipe.execute(raise_on_error=False)
+        except StoreUnavailable as exc:
+            return [exc] * len(ids)
+        out: list[SessionRecord | ServeError] = []
+        for i, sid in enumerate(ids):
+            try:
+                rec = self._record_of(sid, replies[2 * i], replies[2 * i + 1])
+            except ServeError as exc:
+                self._cache.drop(sid)
+                out.append(exc)
+                continue
+            self._cache.loaded(rec)
+            out.append(rec)
+        return out
+
+    def _record_of(self, session_id: str, fields: Any, tomb: Any) -> SessionRecord:
+        for reply in (fields, tomb):
+            if isinstance(reply, BaseException) and (
+                not isinstance(reply, ResponseError) or is_outage(reply)
+            ):
+                raise unavailable("load", reply)
         if isinstance(tomb, ResponseError):
             log.error("tombstone of session %s cannot be read: %s", session_id, tomb)
             tomb = {b"reason": b"unreadable"}
         if isinstance(fields, ResponseError):
             log.error("session %s cannot be read: %s", session_id, fields)
-            raise corrupt(session_id, _text(tomb.get(b"owner")))
+            raise corrupt(session_id, text(tomb.get(b"owner")))
         if fields:
             try:
                 return record_from_fields(fields, session_id)
@@ -275,8 +258,8 @@ class RedisStore:
                 log.error("session %s cannot be read: %s", session_id, exc.__cause__)
                 raise
         if tomb:
-            reason = _text(tomb.get(b"reason"))
-            owner = _text(tomb.get(b"owner"))
+            reason = text(tomb.get(b"reason"))
+            owner = text(tomb.get(b"owner"))
             if reason not in ("expired", "evicted") or owner is None:
                 log.error("tombstone of session %s is damaged", session_id)
                 raise corrupt(session_id, owner)
@@ -284,33 +267,62 @@ class RedisStore:
         raise SessionNotFound(f"no session {session_id!r}")
 
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
-        # Shielded: a caller cancelled mid-write must not leave the result unread on the
-        # connection; the write completes (or fails) on its own either way.
-        return await asyncio.shield(self._save_record(rec, expected_revision))
+        # Queued, not awaited in place: a caller cancelled mid-write does not cancel the
+        # write, which completes (or fails) with its batch either way.
+        return await self._saves.submit((rec, expected_revision))
 
-    async def _save_record(self, rec: SessionRecord, expected_revision: int) -> bool:
-        ttl_ms, tomb_ms = self._expiries(rec)
-        with _translated("save", rec.id):
-            res = await self._save(
-                keys=[
-                    self._rkey(rec.id),
-                    self._tkey(rec.id),
-                    self._live_key,
-                    self._okey(rec.owner, rec.kind),
-                ],
-                args=[
-                    str(expected_revision),
-                    rec.id,
-                    repr(rec.expires_at),
-                    ttl_ms,
-                    tomb_ms,
-                    rec.owner,
-                    *flat(record_fields(rec)),
-                ],
-            )
-        status = int(res[0])
+    async def save_many(
+        self, items: Sequence[tuple[SessionRecord, int]]
+    ) -> list[bool | ServeError]:
+        """One pipeline of ``SAVE`` script calls, one per record, each on its own keys."""
+        now = self._clock()
+        calls: list[Call] = []
+        for rec, expected in items:
+            ttl_ms, tomb_ms = self._expiries(rec, now)
+            keys = [
+                self._rkey(rec.id),
+                self._tkey(rec.id),
+                self._live_key,
+                self._okey(rec.owner, rec.kind),
+            ]
+            args = [
+                str(expected),
+                rec.id,
+                repr(rec.expires_at),
+                ttl_ms,
+                tomb_ms,
+                rec.owner,
+                incarnation(rec),
+                *packed(record_fields(rec)),
+            ]
+            calls.append((keys, args))
+        try:
+            replies = await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls)
+        except StoreUnavailable as exc:  # applied or not: the copies are no longer known
+            for rec, _ in items:
+                self._cache.drop(rec.id)
+            return [exc] * len(items)
+        out: list[bool | ServeError] = []
+        for (rec, _), reply in zip(items, replies, strict=True):
+            try:
+                saved = self._saved(rec, reply)
+            except ServeError as exc:
+                saved = False
+                out.append(exc)
+            else:
+                out.append(saved)
+            if saved:
+                self._cache.wrote(rec)
+            else:
+                self._cache.drop(rec.id)
+        return out
+
+    def _saved(self, rec: SessionRecord, reply: Any) -> bool:
+        if isinstance(reply, BaseException):
+            raise core_error("save", reply, rec.id)
+        status = int(reply[0])
         if status == 2:
-            reason = _text(res[1])
+            reason = text(reply[1])
             if reason not in ("expired", "evicted"):
                 raise corrupt(rec.id, rec.owner)
             raise SessionGone(f"session {rec.id!r} {reason}", reason, rec.owner)
@@ -318,8 +330,36 @@ class RedisStore:
             raise SessionNotFound(f"no session {rec.id!r}")
         return status == 1
 
+    async def _eval_many(self, op: str, script: str, sha: str, calls: list[Call]) -> list[Any]:
+        """The replies of ``EVALSHA`` calls sent as one pipeline (error replies as
+        exceptions in the list); a Redis that lost its scripts (restarted) gets the script
+        again and the calls it refused are sent again (refused, they did nothing)."""
+        with translated(op):
+            replies = await self._evalsha(sha, calls)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                await self._redis.script_load(script)
+                again = await self._evalsha(sha, [calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        return replies
+
+    async def _evalsha(self, sha: str, calls: list[Call]) -> list[Any]:
+        if len(calls) == 1:  # no pipeline object for one call (a step at concurrency 1)
+            keys, args = calls[0]
+            try:
+                return [await self._redis.evalsha(sha, len(keys), *keys, *args)]
+            except ResponseError as exc:
+                return [exc]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
     async def delete(self, session_id: str) -> bool:
-        with _translated("delete"):
+        self._cache.drop(session_id)
+        with translated("delete"):
             n = await self._delete(
                 keys=[self._rkey(session_id), self._tkey(session_id), self._live_key],
                 args=[session_id],
@@ -327,7 +367,8 @@ class RedisStore:
         return bool(n)
 
     async def evict(self, session_id: str, reason: str = "evicted") -> bool:
-        with _translated("evict"):
+        self._cache.drop(session_id)
+        with translated("evict"):
             n = await self._evict(
                 keys=[self._rkey(session_id), self._tkey(session_id), self._live_key],
                 args=[session_id, reason],
@@ -339,15 +380,18 @@ class RedisStore:
     async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
         """The owner's live records; a record that cannot be read is left out (and logged)."""
         okey = self._okey(owner, kind)
-        with _translated("list"):
+        with translated("list"):
             members = await self._redis.smembers(okey)
-            ids = [sid for sid in map(_text, members) if sid is not None]
+            ids = [sid for sid in map(text, members) if sid is not None]
             if not ids:
                 return []
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sid in ids:
                     pipe.hgetall(self._rkey(sid))
-                found = _replies("list", await pipe.execute(raise_on_error=False))
+                found = await pipe.execute(raise_on_error=False)
+            for reply in found:
+                if isinstance(reply, RedisError) and is_outage(reply):
+                    raise reply
             stale = [sid for sid, fields in zip(ids, found, strict=True) if fields == {}]
             if stale:
                 await self._redis.srem(okey, *stale)
@@ -367,20 +411,22 @@ class RedisStore:
         return recs
 
     async def count(self) -> int:
-        with _translated("count"):
+        with translated("count"):
             n = await self._redis.zcount(self._live_key, f"({self._clock()!r}", "+inf")
         return int(n)
 
     async def ping(self) -> None:
-        with _translated("ping"):
+        with translated("ping"):
             await self._redis.ping()
 
     async def sweep(self) -> int:
-        with _translated("sweep"):
+        with translated("sweep"):
             n = int(await self._redis.zremrangebyscore(self._live_key, "-inf", self._clock()))
         self._gone("expired", n)
         return n
 
     async def close(self) -> None:
-        with _translated("close"):
+        await self._loads.drain()
+        await self._saves.drain()
+        with translated("close"):
             await self._redis.aclose()

@@ -5,15 +5,23 @@ Two implementations run through one test suite: ``service.sessions.memory.Memory
 replicas). A store keeps, per session, a ``SessionRecord`` and, after a session expires or
 is evicted, a tombstone that answers "gone, and why" for one more TTL.
 
-Concurrency contract: ``save`` is a compare-and-set on ``revision``; a writer that lost
-the race gets ``False`` and must reload. Within one process the session manager also
-serialises requests per session, so a conflict means another replica wrote.
+Concurrency contract: ``save`` is a compare-and-set on ``revision`` (and on the record's
+incarnation, so a record deleted and created again under the same id never passes for the
+old one); a writer that lost the race gets ``False`` and must reload. Within one process
+the session manager also serialises requests per session, so a conflict means another
+replica wrote.
+
+A store may keep copies of records it wrote (``recent``) so that a step costs one round
+trip; such a copy may be stale, which only a compare-and-set ``save`` can tell. Calls made
+together (``load_many``, ``save_many``) may go to the store together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from service.errors import ServeError
 from service.sessions.record import SessionRecord
 
 
@@ -28,6 +36,24 @@ class SessionStore(Protocol):
     async def load(self, session_id: str) -> SessionRecord:
         """The live record, or ``SessionGone`` (tombstone, naming its owner),
         ``SessionCorrupt`` (a record that fails validation) or ``SessionNotFound``."""
+
+    def recent(self, session_id: str) -> SessionRecord | None:
+        """A copy of the session's record that this store wrote and has reason to think
+        current, without asking the store; None if it has none (the memory store never
+        has: its ``load`` is as cheap). The copy may be stale: a step may be computed from
+        it only because its ``save`` is the compare-and-set, and an outcome computed from
+        it that saves nothing (a replay, a refusal) must be confirmed on a ``load``."""
+
+    async def load_many(self, ids: Sequence[str]) -> list[SessionRecord | ServeError]:
+        """``load`` of each id at once: per id, the record or the error ``load`` raises
+        (``StoreUnavailable`` for every id when the store cannot be reached)."""
+
+    async def save_many(
+        self, items: Sequence[tuple[SessionRecord, int]]
+    ) -> list[bool | ServeError]:
+        """``save`` of each (record, expected revision) at once, each on its own: per item,
+        what ``save`` returns or the error it raises. The records must be of distinct
+        sessions."""
 
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
         """Replace the record if its stored revision is ``expected_revision``; False if not.
