@@ -21,6 +21,16 @@ class Settings(BaseSettings):
     session_store: str = "memory"
     """``memory`` for in-process sessions, or a ``redis://`` URL to share them across replicas."""
 
+    session_cache_records: int = Field(default=10_000, ge=0)
+    """With Redis: records of sessions this replica wrote recently that it keeps in memory,
+    so that a step of a session that stays on this replica costs one Redis round trip
+    (the save's compare-and-set tells a stale copy, and the step reruns on a fresh load);
+    0 keeps none (every step loads first)."""
+
+    session_cache_mb: int = Field(default=64, ge=0)
+    """With Redis: most megabytes those kept records may take (least recently used first
+    out)."""
+
     session_ttl_seconds: int = Field(default=3600, ge=1, le=30 * 86400)
     """Idle time before a session expires, unless the session asks for another TTL."""
 

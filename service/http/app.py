@@ -55,7 +55,12 @@ def build_store(settings: Settings, metrics: Metrics) -> SessionStore:
         return MemoryStore(on_gone=on_gone)
     from service.sessions.redis_store import RedisStore
 
-    return RedisStore.from_url(settings.session_store, on_gone=on_gone)
+    return RedisStore.from_url(
+        settings.session_store,
+        on_gone=on_gone,
+        cache_records=settings.session_cache_records,
+        cache_bytes=settings.session_cache_mb * 2**20,
+    )
 
 
 async def reload_models(core: AppState) -> None:
