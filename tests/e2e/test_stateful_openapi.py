@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pytest
 import schemathesis
+from schemathesis import GenerationMode
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
@@ -25,6 +26,11 @@ MODELS = ["tiny_char", "tiny_char", "tiny_lstm", "tiny_gru"]
 
 def test_stateful_links_never_5xx(tiny_server: Server) -> None:
     schema = schemathesis.openapi.from_url(f"{tiny_server.url}/openapi.json")
+    # Positive bodies only: in negative mode schemathesis 4 sometimes generates a link's
+    # path parameter and sometimes takes it from the response, which hypothesis reports as
+    # a flaky strategy. Invalid bodies are fuzzed statelessly (test_openapi_fuzz.py,
+    # test_hostile_values*.py).
+    schema.config.generation.update(modes=[GenerationMode.POSITIVE])
     machine = schema.as_state_machine()
     # rules are named SOURCE___STATUS_LINK__TARGET (schemathesis 4)
     transitions = [name for name in dir(machine) if "___" in name]
@@ -80,9 +86,9 @@ def test_stateful_links_never_5xx(tiny_server: Server) -> None:
 
     Workflow.run(
         settings=settings(
-            max_examples=30,
+            max_examples=60,
             derandomize=True,  # the same scenarios each run: the coverage asserted below is stable
-            stateful_step_count=8,
+            stateful_step_count=10,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
