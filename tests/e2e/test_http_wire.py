@@ -167,7 +167,7 @@ def test_a_body_that_arrives_late_in_pieces_or_chunked_is_read_whole(
 
         chunked = (
             f"POST /v1/sessions/{session}/step HTTP/1.1\r\nHost: test\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         ).encode()
         chunked += b"%x\r\n%s\r\n" % (10, STEP[:10])
         chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(STEP) - 10, STEP[10:])
@@ -191,7 +191,7 @@ def test_too_large_and_abandoned_bodies_change_nothing(tiny_server: Server, sess
     with Wire(tiny_server) as wire:
         wire.send(
             f"POST /v1/sessions/{session}/step HTTP/1.1\r\nHost: test\r\n"
-            "Content-Length: 50000000\r\n\r\n".encode()
+            "Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n".encode()
         )
         r = wire.read()  # answered before the body is sent
         assert r.status == 413 and r.json()["code"] == "request_too_large"

@@ -44,7 +44,11 @@ async def test_concurrent_steps_on_one_session_lose_nothing(tiny_server: Server)
 
 def test_errors_are_problem_details_with_request_ids(tiny_server: Server) -> None:
     with httpx.Client(base_url=tiny_server.url) as c:
-        r = c.post("/v1/models/tiny_lstm/predict", content=b"{nope", headers={"X-Request-ID": "r1"})
+        r = c.post(
+            "/v1/models/tiny_lstm/predict",
+            content=b"{nope",
+            headers={"X-Request-ID": "r1", "Content-Type": "application/json"},
+        )
         assert r.status_code == 400 and r.headers["x-request-id"] == "r1"
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["code"] == "malformed_request"
