@@ -206,6 +206,49 @@ async def test_save_of_a_vanished_session_raises(backend: Backend) -> None:
         await backend.store.save(stepped(rec, backend.clock()), 0)
 
 
+async def test_load_many_and_save_many_answer_each_item_on_its_own(backend: Backend) -> None:
+    now = backend.clock()
+    a, b, gone = make_record(now, ttl=60), make_record(now, ttl=60), make_record(now, ttl=60)
+    for rec in (a, b, gone):
+        await backend.store.create(rec, 10)
+    await backend.store.evict(gone.id)
+    loaded = await backend.store.load_many([a.id, "nope", gone.id, b.id])
+    assert isinstance(loaded[0], SessionRecord) and isinstance(loaded[3], SessionRecord)
+    assert_same(loaded[0], a)
+    assert_same(loaded[3], b)
+    assert isinstance(loaded[1], SessionNotFound) and isinstance(loaded[2], SessionGone)
+
+    a1, b1 = stepped(a, backend.clock()), stepped(b, backend.clock())
+    saved = await backend.store.save_many([(a1, 0), (b1, 5), (stepped(gone, backend.clock()), 0)])
+    assert saved[:2] == [True, False] and isinstance(saved[2], SessionGone)
+    assert_same(await backend.store.load(a.id), a1)
+    assert_same(await backend.store.load(b.id), b)
+
+
+async def test_save_fails_on_a_record_replaced_under_the_same_id(backend: Backend) -> None:
+    """A record deleted and created again under its id is another record, even at the
+    same revision: a save computed from the old one must not replace it."""
+    old = make_record(backend.clock(), ttl=60)
+    await backend.store.create(old, 10)
+    await backend.store.delete(old.id)
+    new = replace(make_record(backend.clock() + 1, ttl=60, session_id=old.id), state=old.state)
+    await backend.store.create(new, 10)
+    assert not await backend.store.save(stepped(old, backend.clock()), 0)
+    assert_same(await backend.store.load(old.id), new)
+    assert await backend.store.save(stepped(new, backend.clock()), 0)
+
+
+async def test_concurrent_saves_of_many_sessions_each_land(backend: Backend) -> None:
+    recs = [make_record(backend.clock(), ttl=60) for _ in range(40)]
+    for rec in recs:
+        await backend.store.create(rec, 100)
+    news = [stepped(rec, backend.clock(), n=i + 1) for i, rec in enumerate(recs)]
+    saved = await asyncio.gather(*(backend.store.save(new, 0) for new in news))
+    assert saved == [True] * len(recs)
+    for rec in await asyncio.gather(*(backend.store.load(r.id) for r in recs)):
+        assert rec.steps == next(n for n in news if n.id == rec.id).steps
+
+
 # -- expiry, eviction, deletion --------------------------------------------------------------
 
 
