@@ -87,7 +87,13 @@ class Settings(BaseSettings):
     """Live sessions one API key (or the anonymous caller) may hold; 0 means no limit."""
 
     max_streams_per_key: int = Field(default=0, ge=0)
-    """Open WebSocket streams one API key may hold; 0 means no limit."""
+    """Open streams (WebSocket, gRPC ``ModelStreamInfer``) one API key may hold; 0 means no
+    limit."""
+
+    max_streams: int = Field(default=256, ge=1)
+    """Open streams (WebSocket, gRPC ``ModelStreamInfer``) this replica serves at once, over
+    all keys. The HTTP server buffers a WebSocket message whole (up to 64 MiB) before the
+    frame limit can refuse it, so this also bounds that memory."""
 
     rate_limit_per_second: float = Field(default=0.0, ge=0.0)
     """Sustained requests per second per API key (token bucket); 0 disables rate limiting."""

@@ -18,8 +18,8 @@ Rules and where they hold:
 - **per-key session limit**: ``LSTM_SERVE_MAX_SESSIONS_PER_KEY``; checked by the core
   when it creates a session (it must be atomic with the create in the store), so every
   door that creates sessions (``/v1`` create and fork, ``/v2`` sequence start) has it.
-- **per-key stream limit**: ``LSTM_SERVE_MAX_STREAMS_PER_KEY`` open streams, counted
-  here across every streaming door.
+- **stream limits**: ``LSTM_SERVE_MAX_STREAMS_PER_KEY`` open streams per key and
+  ``LSTM_SERVE_MAX_STREAMS`` in all, counted here across every streaming door.
 - **body and frame size**: ``LSTM_SERVE_MAX_BODY_BYTES`` for a request body (declared or
   received) and for one WebSocket frame.
 - **content type**: ``/v1`` bodies are JSON (``application/json``); ``/v2`` accepts any
@@ -68,12 +68,15 @@ class Gate:
         rate_limiter: RateLimiter,
         max_body_bytes: int,
         max_streams_per_key: int = 0,
+        max_streams: int = 0,
     ) -> None:
         self.api_keys = api_keys
         self.rate_limiter = rate_limiter
         self.max_body_bytes = max_body_bytes
         self.max_streams_per_key = max_streams_per_key
+        self.max_streams = max_streams
         self._streams: Counter[str] = Counter()
+        self._open_streams = 0
 
     # -- who is calling ----------------------------------------------------------------
 
@@ -155,14 +158,20 @@ class Gate:
     @contextmanager
     def stream(self, owner: str) -> Iterator[None]:
         """Hold one of ``owner``'s streams while the block runs; ``TooManyStreams`` when the
-        key already holds ``LSTM_SERVE_MAX_STREAMS_PER_KEY``."""
+        key already holds ``LSTM_SERVE_MAX_STREAMS_PER_KEY`` or the replica
+        ``LSTM_SERVE_MAX_STREAMS``."""
         limit = self.max_streams_per_key
         if limit and self._streams[owner] >= limit:
             raise TooManyStreams(f"this key already holds {limit} open streams, the limit per key")
+        total = self.max_streams
+        if total and self._open_streams >= total:
+            raise TooManyStreams(f"the server already holds {total} open streams; retry later")
         self._streams[owner] += 1
+        self._open_streams += 1
         try:
             yield
         finally:
+            self._open_streams -= 1
             self._streams[owner] -= 1
             if not self._streams[owner]:
                 del self._streams[owner]

@@ -41,7 +41,13 @@ class AppState:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.gate = Gate(self.api_keys, self.rate_limiter, s.max_body_bytes, s.max_streams_per_key)
+        self.gate = Gate(
+            self.api_keys,
+            self.rate_limiter,
+            s.max_body_bytes,
+            s.max_streams_per_key,
+            s.max_streams,
+        )
 
     def streams_of(self, owner: str) -> int:
         return sum(1 for s in self.streams if s.owner == owner)

@@ -1,12 +1,13 @@
 """The gate table: every rule against every door, each answering the contract's error.
 
-Rules: missing key, wrong owner, rate limit, per-key session limit, per-key stream limit,
-body or frame size, content type. Doors: two ``/v1`` HTTP routes (fork, a session route
-with a body, and predict), the session step, a WebSocket frame, ``/v2`` infer and ``/v2``
-sequences. A cell is left out only where the rule has nothing to act on at that door:
-predict and stateless ``/v2`` infer own no session and create none; the step and a frame
-create no session; only the WebSocket holds a stream; a frame has no content type; and
-``/v2``'s content-type rule is that it takes requests without one (tritonclient's).
+Rules: missing key, wrong owner, rate limit, per-key session limit, stream limits (per key
+and in all), body or frame size, content type. Doors: two ``/v1`` HTTP routes (fork, a
+session route with a body, and predict), the session step, a WebSocket frame, ``/v2``
+infer and ``/v2`` sequences. A cell is left out only where the rule has nothing to act on
+at that door: predict and stateless ``/v2`` infer own no session and create none; the step
+and a frame create no session; only the WebSocket holds a stream; a frame has no content
+type; and ``/v2``'s content-type rule is that it takes requests without one
+(tritonclient's).
 
 Real apps (``create_app`` on the tiny store) through Starlette's ``TestClient``, which
 speaks HTTP and WebSocket to the same app.
@@ -206,6 +207,8 @@ TABLE: list[tuple[str, str, Answer]] = [
     ("session limit", "v2 sequence", Answer(429, None)),
     # per-key stream limit (1, already held)
     ("stream limit", "ws frame", Answer(1013, "too_many_streams")),
+    # streams on the replica, over all keys (1, already held by another key)
+    ("total stream limit", "ws frame", Answer(1013, "too_many_streams")),
     # body or frame size
     *[
         ("body size", d, Answer(413, "request_too_large"))
@@ -268,6 +271,16 @@ def attempt(rule: str, door: str, tiny_store: Path) -> Answer:
                 held.send_bytes(STEP)
                 assert "outputs" in orjson.loads(held.receive_text())
                 return send(env, KEY, False, JSON)
+    if rule == "total stream limit":
+        with env_for(tiny_store, max_streams=1) as env:
+            other_sid = env.client.post(
+                "/v1/sessions", json={"model": "tiny_lstm"}, headers=_auth(OTHER)
+            ).json()["id"]
+            url = f"/v1/sessions/{other_sid}/stream"
+            with env.client.websocket_connect(url, headers=_auth(OTHER)) as held:
+                held.send_bytes(STEP)
+                assert "outputs" in orjson.loads(held.receive_text())
+                return send(env, KEY, False, JSON)
     if rule == "body size":
         with env_for(tiny_store, max_body_bytes=1024) as env:
             return send(env, KEY, True, JSON)
@@ -292,6 +305,7 @@ def test_the_table_covers_every_rule_and_door() -> None:
         "rate limit",
         "session limit",
         "stream limit",
+        "total stream limit",
         "body size",
         "content type",
     }
