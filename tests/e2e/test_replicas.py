@@ -279,3 +279,50 @@ def test_redis_outage_answers_503_and_recovers_without_restart(tmp_path: Path) -
     finally:
         server.stop()
         redis_server.kill()
+
+
+def test_two_replicas_alternating_steps_never_answer_from_a_stale_copy(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two servers on one Redis, no proxy: each step goes to the other replica, then runs
+    of steps stay on one replica (its copy becomes trusted) before moving (the copy left
+    behind is stale). Every output equals the whole-sequence prediction; a retry of the
+    last request is replayed on either replica; a retry of an older request is a 409 with
+    the true step count on the replica whose copy is stale."""
+    env = {"LSTM_SERVE_SESSION_STORE": redis_url, "LSTM_SERVE_REQUEST_LOG": "false"}
+    servers: list[Server] = []
+    clients: list[httpx.Client] = []
+    try:
+        for _ in range(2):
+            servers.append(start_server(env, tmp_path, ready_timeout=60))
+            clients.append(httpx.Client(base_url=servers[-1].url, timeout=10))
+        size = clients[0].get(f"/v1/models/{MODEL}").json()["input"]["size"]
+        inputs = sequence(40, size, seed=11)
+        sid = _create(clients[0])
+        # strictly alternating, then runs of 3 on one replica before moving
+        route = [i % 2 for i in range(12)] + [(i // 3) % 2 for i in range(28)]
+        got: list[list[float]] = []
+        for i, r in enumerate(route):
+            got += _step(clients[r], sid, inputs[i : i + 1], offset=i)["outputs"]
+            if i in (5, 20, 33):
+                # the client retries the same request on the other replica: a replay
+                again = _step(clients[1 - r], sid, inputs[i : i + 1], offset=i)
+                assert again["replayed"] and again["outputs"] == got[-1:]
+        want = _reference(servers[0], inputs)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
+
+        # replica 0 stepped 36-38 last, replica 1 then 39: replica 0's copy says 39 steps
+        # with the request at 38 last, so it would call a retry of 38 a replay
+        assert route[36:] == [0, 0, 0, 1]
+        old = clients[0].post(
+            f"/v1/sessions/{sid}/step", json={"inputs": inputs[38:39], "offset": 38}
+        )
+        assert old.status_code == 409, old.text
+        assert old.json()["steps"] == len(inputs)
+        for c in clients:
+            assert c.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
+    finally:
+        for c in clients:
+            c.close()
+        for s in servers:
+            s.stop()
