@@ -56,7 +56,6 @@ from service.errors import (
     CapacityReached,
     ServeError,
     SessionGone,
-    SessionNotFound,
     StoreUnavailable,
 )
 from service.sessions import redis_scripts
@@ -72,13 +71,12 @@ from service.sessions.redis_codec import (
     record_from_fields,
 )
 from service.sessions.redis_errors import (
-    core_error,
     is_outage,
     no_maint_notifications,
     text,
     translated,
-    unavailable,
 )
+from service.sessions.redis_replies import record_of, save_outcome
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +228,7 @@ class RedisStore:
         out: list[SessionRecord | ServeError] = []
         for i, sid in enumerate(ids):
             try:
-                rec = self._record_of(sid, replies[2 * i], replies[2 * i + 1])
+                rec = record_of(sid, replies[2 * i], replies[2 * i + 1])
             except ServeError as exc:
                 self._cache.drop(sid)
                 out.append(exc)
@@ -238,33 +236,6 @@ class RedisStore:
             self._cache.loaded(rec)
             out.append(rec)
         return out
-
-    def _record_of(self, session_id: str, fields: Any, tomb: Any) -> SessionRecord:
-        for reply in (fields, tomb):
-            if isinstance(reply, BaseException) and (
-                not isinstance(reply, ResponseError) or is_outage(reply)
-            ):
-                raise unavailable("load", reply)
-        if isinstance(tomb, ResponseError):
-            log.error("tombstone of session %s cannot be read: %s", session_id, tomb)
-            tomb = {b"reason": b"unreadable"}
-        if isinstance(fields, ResponseError):
-            log.error("session %s cannot be read: %s", session_id, fields)
-            raise corrupt(session_id, text(tomb.get(b"owner")))
-        if fields:
-            try:
-                return record_from_fields(fields, session_id)
-            except SessionGone as exc:
-                log.error("session %s cannot be read: %s", session_id, exc.__cause__)
-                raise
-        if tomb:
-            reason = text(tomb.get(b"reason"))
-            owner = text(tomb.get(b"owner"))
-            if reason not in ("expired", "evicted") or owner is None:
-                log.error("tombstone of session %s is damaged", session_id)
-                raise corrupt(session_id, owner)
-            raise SessionGone(f"session {session_id!r} {reason}", reason, owner)
-        raise SessionNotFound(f"no session {session_id!r}")
 
     async def save(self, rec: SessionRecord, expected_revision: int) -> bool:
         # Queued, not awaited in place: a caller cancelled mid-write does not cancel the
@@ -305,7 +276,7 @@ class RedisStore:
         out: list[bool | ServeError] = []
         for (rec, _), reply in zip(items, replies, strict=True):
             try:
-                saved = self._saved(rec, reply)
+                saved = save_outcome(rec, reply)
             except ServeError as exc:
                 saved = False
                 out.append(exc)
@@ -316,19 +287,6 @@ class RedisStore:
             else:
                 self._cache.drop(rec.id)
         return out
-
-    def _saved(self, rec: SessionRecord, reply: Any) -> bool:
-        if isinstance(reply, BaseException):
-            raise core_error("save", reply, rec.id)
-        status = int(reply[0])
-        if status == 2:
-            reason = text(reply[1])
-            if reason not in ("expired", "evicted"):
-                raise corrupt(rec.id, rec.owner)
-            raise SessionGone(f"session {rec.id!r} {reason}", reason, rec.owner)
-        if status == 3:
-            raise SessionNotFound(f"no session {rec.id!r}")
-        return status == 1
 
     async def _eval_many(self, op: str, script: str, sha: str, calls: list[Call]) -> list[Any]:
         """The replies of ``EVALSHA`` calls sent as one pipeline (error replies as

@@ -1,0 +1,61 @@
+"""What the Redis store makes of Redis's replies to a load and to a save."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from service.errors import SessionGone, SessionNotFound
+from service.sessions.record import SessionRecord
+from service.sessions.redis_codec import corrupt, record_from_fields
+from service.sessions.redis_errors import core_error, is_outage, text, unavailable
+
+log = logging.getLogger("service.sessions.redis_store")
+
+
+def record_of(session_id: str, fields: Any, tomb: Any) -> SessionRecord:
+    """The record from the replies of ``HGETALL`` of its hash and its tombstone, or the
+    error a load raises: an outage, ``SessionCorrupt``, ``SessionGone``, ``SessionNotFound``."""
+    for reply in (fields, tomb):
+        if isinstance(reply, BaseException) and (
+            not isinstance(reply, ResponseError) or is_outage(reply)
+        ):
+            raise unavailable("load", reply)
+    if isinstance(tomb, ResponseError):
+        log.error("tombstone of session %s cannot be read: %s", session_id, tomb)
+        tomb = {b"reason": b"unreadable"}
+    if isinstance(fields, ResponseError):
+        log.error("session %s cannot be read: %s", session_id, fields)
+        raise corrupt(session_id, text(tomb.get(b"owner")))
+    if fields:
+        try:
+            return record_from_fields(fields, session_id)
+        except SessionGone as exc:
+            log.error("session %s cannot be read: %s", session_id, exc.__cause__)
+            raise
+    if tomb:
+        reason = text(tomb.get(b"reason"))
+        owner = text(tomb.get(b"owner"))
+        if reason not in ("expired", "evicted") or owner is None:
+            log.error("tombstone of session %s is damaged", session_id)
+            raise corrupt(session_id, owner)
+        raise SessionGone(f"session {session_id!r} {reason}", reason, owner)
+    raise SessionNotFound(f"no session {session_id!r}")
+
+
+def save_outcome(rec: SessionRecord, reply: Any) -> bool:
+    """Whether the ``SAVE`` script's reply says saved (False: the compare-and-set failed),
+    or the error a save raises."""
+    if isinstance(reply, BaseException):
+        raise core_error("save", reply, rec.id)
+    status = int(reply[0])
+    if status == 2:
+        reason = text(reply[1])
+        if reason not in ("expired", "evicted"):
+            raise corrupt(rec.id, rec.owner)
+        raise SessionGone(f"session {rec.id!r} {reason}", reason, rec.owner)
+    if status == 3:
+        raise SessionNotFound(f"no session {rec.id!r}")
+    return status == 1
