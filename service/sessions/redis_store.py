@@ -256,16 +256,8 @@ class RedisStore:
                 self._live_key,
                 self._okey(rec.owner, rec.kind),
             ]
-            args = [
-                str(expected),
-                rec.id,
-                repr(rec.expires_at),
-                ttl_ms,
-                tomb_ms,
-                rec.owner,
-                incarnation(rec),
-                *packed(record_fields(rec)),
-            ]
+            head = f"{expected} {incarnation(rec)} {rec.expires_at!r} {ttl_ms} {tomb_ms}"
+            args = [head, rec.id, rec.owner, *packed(record_fields(rec))]
             calls.append((keys, args))
         try:
             replies = await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls)
