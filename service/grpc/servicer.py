@@ -10,7 +10,8 @@ message size limit itself is the server's ``grpc.max_receive_message_length``.
 On ``ModelStreamInfer`` requests are read in order and run concurrently, except that a
 request of a sequence waits for the sequence's previous request on the stream, so a
 sequence advances in the order its requests were sent. Each response carries its
-request's ``id``; a failed request answers ``error_message`` and the stream stays open.
+request's ``id``; a failed request answers ``error_message`` (its stable code in the
+response's ``lstm_serve_error_code`` parameter) and the stream stays open.
 At most ``MAX_IN_FLIGHT_PER_STREAM`` requests of one stream run at once; the stream is
 not read further until one finishes. RPCs Triton has and this service does not
 (repository, statistics, shared memory, trace and log settings) answer ``UNIMPLEMENTED``.
@@ -38,6 +39,9 @@ from service.oip.dataplane import DataPlane
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
+ERROR_CODE = "lstm_serve_error_code"
+"""The parameter of a stream's failed response that carries the error's stable code (the
+``lstm-serve-error-code`` trailer of a failed unary call; a ``/v1`` problem's ``code``)."""
 MAX_IN_FLIGHT_PER_STREAM = 64
 """Requests of one stream that run at once; reading waits while this many are running."""
 
@@ -175,13 +179,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return service_pb2.ModelStreamInferResponse(infer_response=response)
         except ServeError as exc:
             code = status.code_of(exc)
+            failed = service_pb2.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
+            failed.parameters[ERROR_CODE].string_param = exc.code
             return service_pb2.ModelStreamInferResponse(
-                error_message=exc.detail,
-                infer_response=service_pb2.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
-                ),
+                error_message=exc.detail, infer_response=failed
             )
         finally:
             elapsed = time.perf_counter() - started
