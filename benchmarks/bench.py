@@ -377,7 +377,7 @@ def main(argv: list[str]) -> int:
         "(at most one round a second)",
     )
     parser.add_argument(
-        "--only", nargs="+", default=None, help="servers: service nolog floor torch"
+        "--only", nargs="+", default=None, help="servers: service nolog redis floor torch"
     )
     parser.add_argument(
         "--compare",
@@ -397,7 +397,7 @@ def main(argv: list[str]) -> int:
         return 0
 
     seconds = args.duration or (3.0 if args.quick else 10.0)
-    only = set(args.only or ["service", "nolog", "floor", "torch"])
+    only = set(args.only or ["service", "nolog", "redis", "floor", "torch"])
     have_wrk = shutil.which("wrk") is not None
     have_torch = importlib.util.find_spec("torch") is not None
     tmp = Path(tempfile.mkdtemp(prefix="lstm-serve-bench-"))
@@ -474,6 +474,7 @@ def main(argv: list[str]) -> int:
     posters: list[tuple[str, int]] = []  # servers with /v1 predict and /v2 infer
     service_port = 0
     service_ids = tmp / "ids.txt"
+    cpu = StepCpu()  # CPU per step of the service processes and the Redis server
     with contextlib.ExitStack() as running:
         for name, tree, extra_env in services:
             port, grpc_port = _free_ports(2)
@@ -481,12 +482,17 @@ def main(argv: list[str]) -> int:
             slug = name.replace("/", "-")
             log = tmp / f"{slug}.log"
             own = {**env, **extra_env, "LSTM_SERVE_GRPC_PORT": str(grpc_port)}
-            running.enter_context(_server(cmd, port, own, log, tree))
+            proc = running.enter_context(_server(cmd, port, own, log, tree))
+            cpu.pids[name] = [proc.pid]
             ids = _create_sessions(port, model_name, args.sessions, tmp / f"{slug}-ids.txt")
             steppers.append((name, "session step", port, ids))
             posters.append((name, port))
             if not service_port:
                 service_port, service_ids = port, ids
+        redis_port = 0
+        if "redis" in only:
+            redis_port = _start_redis_service(running, env, tmp, model_name, args.sessions, cpu)
+            steppers.append((REDIS_SERVER, "session step", redis_port, cpu.ids))
         if posters:
             infer_body.write_text(json.dumps(_infer_body(posters[0][1], model_name, predict_body)))
         others: list[tuple[str, str, list[str]]] = []
@@ -543,7 +549,9 @@ def main(argv: list[str]) -> int:
                     docs: dict[str, list[dict[str, float]]] = {d[0]: [] for d in drivers}
                     for _ in range(rounds):
                         for name, port, script, script_args, path in drivers:
-                            doc = wrk(port, c, seconds / rounds, script, script_args, path)
+                            with cpu.measure(name, case, c) as got:
+                                doc = wrk(port, c, seconds / rounds, script, script_args, path)
+                                got.append(doc["requests"])
                             docs[name].append(doc)
                     by_server = {d[0]: _combine(docs[d[0]]) for d in drivers}
                     for name, doc in by_server.items():
@@ -565,6 +573,13 @@ def main(argv: list[str]) -> int:
             else:
                 print("service: no WebSocket stream route; ws case skipped")
             extra["service_batching"] = _batching(port)
+        if redis_port and _route_exists(redis_port):
+            c = max(args.concurrency)
+            with cpu.measure(REDIS_SERVER, "ws stream", c) as got:
+                doc = ws_load(redis_port, c, seconds, cpu.ids, step_body, WS_DEPTH)
+                got.append(doc["requests"])
+            record(_result(REDIS_SERVER, f"ws stream ({WS_DEPTH} in flight)", c, doc))
+        extra["cpu_per_step_us"] = cpu.report()
 
     print()
     cost = ort_step_cost(store, model_name, 20_000 if not args.quick else 4000)
@@ -603,6 +618,7 @@ def main(argv: list[str]) -> int:
     if "service_batching" in extra:
         print(f"service batching during the run: {extra['service_batching']}")
     _summary(results, mem, idle_n, args.compare_label)
+    _redis_summary(results)
     print(f"load average at end {_load_avg()}")
     if args.json:
         args.json.write_text(
@@ -655,6 +671,7 @@ def _ratios(
     kept in the JSON: access log on / off, this checkout / ``--compare``, step / floor."""
     pairs = [
         ("service", "service/nolog", "log on / off"),
+        (REDIS_SERVER, "service", "Redis store / memory store"),
         ("service/nolog", f"{compare}/nolog", f"this / {compare}, log off"),
         ("service", compare, f"this / {compare}, log on"),
         ("service/nolog", "floor", "step / floor"),
@@ -754,6 +771,137 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int, compare:
         if old and new:
             r = new.rps / old.rps
             line(f"step c64, {other} / {server}", r, ">= 0.9", r >= 0.9)
+
+
+# -- the Redis store (a private redis-server beside the memory-store service) ----------------
+
+REDIS_SERVER = "service/redis"
+"""The service as a replica runs it: defaults, sessions in a private ``redis-server``."""
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its child processes (the model process) so far."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                total += sum(_tree_cpu(int(c)) for c in f.read().split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+class StepCpu:
+    """CPU time per request of each service (its process and model process) and, for the
+    Redis-store service, of the Redis server, by case and concurrency."""
+
+    def __init__(self) -> None:
+        self.pids: dict[str, list[int]] = {}
+        self.redis_pid = 0
+        self.ids = Path()
+        self.totals: dict[tuple[str, str, int], list[float]] = {}
+
+    @contextlib.contextmanager
+    def measure(self, name: str, case: str, conc: int) -> Iterator[list[float]]:
+        """Around one load run; the caller appends the requests it made."""
+        got: list[float] = []
+        pids = self.pids.get(name)
+        if not pids:
+            yield got
+            return
+        redis = self.redis_pid if name == REDIS_SERVER else 0
+        before = sum(map(_tree_cpu, pids)), _tree_cpu(redis) if redis else 0.0
+        yield got
+        t = self.totals.setdefault((name, case, conc), [0.0, 0.0, 0.0])
+        t[0] += sum(map(_tree_cpu, pids)) - before[0]
+        t[1] += (_tree_cpu(redis) - before[1]) if redis else 0.0
+        t[2] += sum(got)
+
+    def report(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        if self.totals:
+            print("CPU per request (the service with its model process; the Redis server):")
+        for (name, case, conc), (server, redis, n) in self.totals.items():
+            if not n:
+                continue
+            row = {"server_us": server / n * 1e6, "redis_us": redis / n * 1e6}
+            out[f"{name} {case} c{conc}"] = row
+            shown = f", redis-server {row['redis_us']:.1f} us" if name == REDIS_SERVER else ""
+            print(f"  {name:<16} {case:<26} c{conc:<3} service {row['server_us']:.1f} us{shown}")
+        return out
+
+
+@contextlib.contextmanager
+def _redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A private ``redis-server`` on ``port``, keeping nothing on disk."""
+    import redis
+
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    cmd += ["--appendonly", "no"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with redis.Redis(port=port, socket_timeout=0.5) as client:
+                    if client.ping():
+                        break
+            except redis.RedisError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def _start_redis_service(
+    running: contextlib.ExitStack,
+    env: dict[str, str],
+    tmp: Path,
+    model_name: str,
+    sessions: int,
+    cpu: StepCpu,
+) -> int:
+    """Start a private Redis and the service on it (defaults otherwise); its port."""
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed (Debian: apt-get install redis-server): skipped")
+        return 0
+    redis_port, port, grpc_port = _free_ports(3)
+    cpu.redis_pid = running.enter_context(_redis_server(redis_port)).pid
+    own = {
+        **env,
+        "LSTM_SERVE_SESSION_STORE": f"redis://127.0.0.1:{redis_port}/0",
+        "LSTM_SERVE_GRPC_PORT": str(grpc_port),
+    }
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    proc = running.enter_context(_server(cmd, port, own, tmp / "service-redis.log"))
+    cpu.pids[REDIS_SERVER] = [proc.pid]
+    cpu.ids = _create_sessions(port, model_name, sessions, tmp / "redis-ids.txt")
+    return port
+
+
+def _redis_summary(results: list[Result]) -> None:
+    memory64 = _find(results, "service", "session step", 64)
+    redis64 = _find(results, REDIS_SERVER, "session step", 64)
+    redis1 = _find(results, REDIS_SERVER, "session step", 1)
+    r = redis64.rps / memory64.rps if redis64 and memory64 else None
+    verdict = "not measured" if r is None else ("met" if r >= 0.7 else "NOT met")
+    print(
+        f"  {'step c64, Redis store / memory store':<44} {_shown(r):>8}  (target >= 0.7: {verdict})"
+    )
+    p = redis1.p50_ms if redis1 else None
+    verdict = "not measured" if p is None else ("met" if p < 1 else "NOT met")
+    name = "step p50 at concurrency 1, Redis store (ms)"
+    print(f"  {name:<44} {_shown(p):>8}  (target < 1: {verdict})")
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
