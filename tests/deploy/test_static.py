@@ -230,7 +230,7 @@ def test_compose_runs_replicas_on_redis_behind_nginx(monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(key, value)
     Settings()
 
-    assert nginx["ports"] == ["8000:8000"]
+    assert nginx["ports"] == ["8000:8000", "8001:8001"]
     assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
     for name, svc in services.items():
         assert "healthcheck" in svc, name
@@ -253,6 +253,11 @@ def test_nginx_conf_routes_websockets_and_retries_on_errors() -> None:
     assert "proxy_set_header Upgrade $http_upgrade;" in conf
     assert "proxy_next_upstream error timeout" in conf
     assert "non_idempotent" not in conf  # a step that reached a replica is never re-sent
+    # gRPC: h2c in and out, to every replica's gRPC door
+    assert "server api:8001" in conf
+    assert "listen 8001;" in conf and "http2 on;" in conf
+    assert "grpc_pass grpc://lstm_serve_grpc;" in conf
+    assert "client_max_body_size 0;" in conf  # a stream's messages are one body to nginx
 
 
 def test_nginx_accepts_the_conf(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 ``running_cluster`` starts N real server processes sharing one Redis database and a real
 nginx with the deployed configuration (rewritten only where it must be, see
 ``tests/deploy/nginx.py``). Replicas can be killed and brought back on the same port.
+With ``grpc=True`` every replica also serves gRPC on a port of its own and nginx proxies
+gRPC to them (``Cluster.grpc``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ class Cluster:
     nginx: Nginx
     log_dir: Path
     redis_url: str
+    grpc_ports: list[int] | None = None
+    """Each replica's gRPC port, where they serve gRPC."""
 
     @property
     def url(self) -> str:
         return self.nginx.url
+
+    @property
+    def grpc(self) -> str:
+        """nginx's gRPC listener, ``host:port``."""
+        assert self.nginx.grpc is not None, "started without grpc=True"
+        return self.nginx.grpc
 
     def upstreams(self, path_pattern: str) -> list[str]:
         """Per logged request matching the path, the replicas nginx tried (``a:1, b:2``)."""
@@ -46,7 +56,8 @@ class Cluster:
     def restart(self, index: int) -> Server:
         """Bring replica ``index`` back on its port (after it was stopped or killed)."""
         old = self.replicas[index]
-        self.replicas[index] = start_replica(self.log_dir, self.redis_url, port=old.port)
+        grpc_port = self.grpc_ports[index] if self.grpc_ports else None
+        self.replicas[index] = start_replica(self.log_dir, self.redis_url, old.port, grpc_port)
         return self.replicas[index]
 
     def wait_in_rotation(self, index: int, timeout: float = 30.0) -> None:
@@ -79,27 +90,46 @@ def clean_redis(url: str) -> None:
         client.close()
 
 
-def start_replica(log_dir: Path, redis_url: str, port: int | None = None) -> Server:
+def start_replica(
+    log_dir: Path, redis_url: str, port: int | None = None, grpc_port: int | None = None
+) -> Server:
     env = {"LSTM_SERVE_SESSION_STORE": redis_url, "LSTM_SERVE_REQUEST_LOG": "false"}
+    if grpc_port is not None:
+        env["LSTM_SERVE_GRPC_PORT"] = str(grpc_port)
     return start_server(env, log_dir, port=port, ready_timeout=60)
 
 
 @contextmanager
-def running_cluster(redis_url: str, workdir: Path, n_replicas: int = 3) -> Iterator[Cluster]:
+def running_cluster(
+    redis_url: str, workdir: Path, n_replicas: int = 3, grpc: bool = False
+) -> Iterator[Cluster]:
     """``n_replicas`` servers on ``redis_url`` behind nginx; Redis keys cleaned on both ends."""
     clean_redis(redis_url)
     log_dir = workdir / "replicas"
     nginx_dir = workdir / "nginx"
     log_dir.mkdir(parents=True, exist_ok=True)
     nginx_dir.mkdir(parents=True, exist_ok=True)
+    grpc_ports = [free_port() for _ in range(n_replicas)] if grpc else None
     with ThreadPoolExecutor(n_replicas) as pool:
-        replicas = list(pool.map(lambda _: start_replica(log_dir, redis_url), range(n_replicas)))
+        replicas = list(
+            pool.map(
+                lambda i: start_replica(
+                    log_dir, redis_url, grpc_port=grpc_ports[i] if grpc_ports else None
+                ),
+                range(n_replicas),
+            )
+        )
     cluster: Cluster | None = None
     try:
         with running_nginx(
-            REPO / "deploy" / "nginx.conf", nginx_dir, free_port(), [r.port for r in replicas]
+            REPO / "deploy" / "nginx.conf",
+            nginx_dir,
+            free_port(),
+            [r.port for r in replicas],
+            grpc_port=free_port() if grpc else None,
+            grpc_upstream_ports=grpc_ports,
         ) as nginx:
-            cluster = Cluster(replicas, nginx, log_dir, redis_url)
+            cluster = Cluster(replicas, nginx, log_dir, redis_url, grpc_ports)
             yield cluster
     finally:
         for r in cluster.replicas if cluster is not None else replicas:
