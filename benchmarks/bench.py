@@ -20,6 +20,10 @@ more than a round apart (this machine's speed drifts):
 - ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
   states and the same model shape (skipped when torch is not installed).
 
+On ``service``'s gRPC port, ``benchmarks/grpc_load.py`` (``grpc.aio``) drives unary
+``ModelInfer`` of the same 24-step sequence and one step per request over
+``ModelStreamInfer`` (``grpc_cases``), at each concurrency, after the WebSocket cases.
+
 Every HTTP case (step, predict, infer) is driven in turn on each server that has it, in
 ``--rounds`` rounds.
 
@@ -45,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +219,40 @@ def ws_load(
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return _parse_bench(out.stdout)
+
+
+def grpc_load(
+    grpc_port: int, model: str, case: str, conc: int, seconds: float, body: Path, sequences: int
+) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        str(BENCH_DIR / "grpc_load.py"),
+        *("--target", f"127.0.0.1:{grpc_port}", "--model", model, "--case", case),
+        *("--body", str(body), "--connections", str(conc), "--duration", str(seconds)),
+        *("--sequences", str(sequences)),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return _parse_bench(out.stdout)
+
+
+def grpc_cases(
+    grpc_port: int,
+    model: str,
+    args: argparse.Namespace,
+    seconds: float,
+    predict_body: Path,
+    step_body: Path,
+    record: Callable[[Result], None],
+) -> None:
+    """The service's gRPC door: ``ModelInfer`` of the 24-step sequence, and one step per
+    request over ``ModelStreamInfer`` (``args.sessions`` sequences, one stream per
+    caller, one request in flight per stream), at each concurrency."""
+    for c in args.concurrency:
+        doc = grpc_load(grpc_port, model, "infer", c, seconds, predict_body, args.sessions)
+        record(_result("service", "grpc ModelInfer (24 steps)", c, doc))
+    for c in args.concurrency:
+        doc = grpc_load(grpc_port, model, "stream", c, seconds, step_body, args.sessions)
+        record(_result("service", "grpc stream step", c, doc))
 
 
 # -- in-process measurements -------------------------------------------------------------
@@ -472,7 +510,7 @@ def main(argv: list[str]) -> int:
     # of numbers taken minutes apart measured the drift as much as the servers.
     steppers: list[tuple[str, str, int, Path]] = []  # server, case, port, session ids
     posters: list[tuple[str, int]] = []  # servers with /v1 predict and /v2 infer
-    service_port = 0
+    service_port = service_grpc = 0
     service_ids = tmp / "ids.txt"
     cpu = StepCpu()  # CPU per step of the service processes and the Redis server
     with contextlib.ExitStack() as running:
@@ -489,6 +527,7 @@ def main(argv: list[str]) -> int:
             posters.append((name, port))
             if not service_port:
                 service_port, service_ids = port, ids
+                service_grpc = grpc_port
         redis_port = 0
         if "redis" in only:
             redis_port = _start_redis_service(running, env, tmp, model_name, args.sessions, cpu)
@@ -572,6 +611,7 @@ def main(argv: list[str]) -> int:
                 record(_result("service", f"ws stream ({WS_DEPTH} in flight)", c, doc))
             else:
                 print("service: no WebSocket stream route; ws case skipped")
+            grpc_cases(service_grpc, model_name, args, seconds, predict_body, step_body, record)
             extra["service_batching"] = _batching(port)
         if redis_port and _route_exists(redis_port):
             c = max(args.concurrency)
