@@ -16,11 +16,10 @@ format. Guarantees, whichever door a request came through:
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,7 +30,6 @@ from service.errors import (
     ServeError,
     SessionCorrupt,
     SessionGone,
-    SessionNotFound,
     StoreUnavailable,
 )
 from service.inference.generation import GenerateOptions, GenStep, Rollout, rollout
@@ -39,10 +37,17 @@ from service.inference.runner import Runner
 from service.metrics import Metrics
 from service.models.encoding import inputs_digest
 from service.models.registry import LoadedModel, ModelRegistry, State
+from service.sessions.advance import Advance, InputsOf
 from service.sessions.cache import same_record
 from service.sessions.limits import MAX_RESTORED_STEPS, record_fits
 from service.sessions.locks import SessionLocks
-from service.sessions.record import LastApplied, SessionRecord
+from service.sessions.record import (
+    LastApplied,
+    SessionRecord,
+    hide_foreign,
+    new_session_id,
+    owned,
+)
 from service.sessions.state_codec import decode_state, encode_state
 from service.sessions.store import SessionStore
 from service.settings import Settings
@@ -52,52 +57,8 @@ CAS_ATTEMPTS = 8
 
 T = TypeVar("T")
 
-InputsOf = Callable[[LoadedModel], np.ndarray]
-"""Reads a request's inputs for the session's model (an adapter's parser): the model is
-known only once the record is loaded, so an adapter may pass this instead of an array."""
-
 Change = Callable[[SessionRecord], Awaitable[tuple[SessionRecord | None, T]]]
 """A write: from the current record, the record to save (None: save nothing) and a result."""
-
-
-def new_session_id() -> str:
-    """160 random bits, URL-safe."""
-    return secrets.token_urlsafe(20)
-
-
-def _owned(rec: SessionRecord, owner: str, kind: str) -> SessionRecord:
-    """``rec`` if it is ``owner``'s session of ``kind``; else it is not found (404)."""
-    if rec.owner != owner or rec.kind != kind:
-        raise SessionNotFound(f"no session {rec.id!r}")
-    return rec
-
-
-def _hide_foreign(exc: SessionGone, owner: str, session_id: str) -> None:
-    """Another key's expired, evicted or corrupt session is not found (404) to ``owner``,
-    exactly as an id that never existed."""
-    if exc.owner is not None and exc.owner != owner:
-        raise SessionNotFound(f"no session {session_id!r}") from None
-
-
-class Advance(NamedTuple):
-    """What one ``advance`` did, in model terms (a named tuple: one is made per step).
-
-    ``outputs`` are the raw model outputs, one row per step (``[steps, out]``, model
-    units); ``wire`` the same in the data's units for regression models when the runner
-    computed them (None otherwise: ``encoding.in_data_units`` derives them). A replay
-    carries the outputs of the request it repeats and the session's current state.
-    """
-
-    session_id: str
-    model: LoadedModel
-    outputs: np.ndarray
-    wire: np.ndarray | None
-    state: State
-    steps_before: int
-    """The session's step count before the request (of a replay: before the original)."""
-    steps: int
-    """The step count after it."""
-    replayed: bool = False
 
 
 class SessionManager:
@@ -130,9 +91,9 @@ class SessionManager:
         """``owner``'s session of ``kind``. Another key's session, live or gone, is not
         found: only its owner learns that it expired, was evicted or is corrupt."""
         try:
-            return _owned(await self.store.load(session_id), owner, kind)
+            return owned(await self.store.load(session_id), owner, kind)
         except SessionGone as exc:
-            _hide_foreign(exc, owner, session_id)
+            hide_foreign(exc, owner, session_id)
             raise
 
     def model_of(self, rec: SessionRecord) -> LoadedModel:
@@ -302,34 +263,33 @@ class SessionManager:
                 if rec is not None and rec.owner == owner and rec.kind == kind:
                     copy = True
                 else:
-                    rec = await self._load(owner, session_id, kind)
+                    rec = await self.get(owner, session_id, kind)
             try:
                 new, result = await change(rec)
             except ServeError:
-                if copy and not same_record(
-                    rec, fresh := await self._load(owner, session_id, kind)
-                ):
-                    rec = fresh
-                    continue
-                raise
+                if (fresh := await self._fresher(copy, rec, owner, kind)) is None:
+                    raise
+                rec = fresh
+                continue
             if new is None:
-                if copy and not same_record(
-                    rec, fresh := await self._load(owner, session_id, kind)
-                ):
-                    rec = fresh
-                    continue
-                return result
+                if (fresh := await self._fresher(copy, rec, owner, kind)) is None:
+                    return result
+                rec = fresh
+                continue
             if await store.save(new, rec.revision):
                 return result
             rec = None
         raise StoreUnavailable(f"session {session_id!r} is contended; retry")
 
-    async def _load(self, owner: str, session_id: str, kind: str) -> SessionRecord:
-        try:
-            return _owned(await self.store.load(session_id), owner, kind)
-        except SessionGone as exc:
-            _hide_foreign(exc, owner, session_id)
-            raise
+    async def _fresher(
+        self, copy: bool, rec: SessionRecord, owner: str, kind: str
+    ) -> SessionRecord | None:
+        """When ``rec`` is the store's copy: the stored record if it differs (the copy was
+        stale), else None. An outcome that saves nothing stands only on a fresh record."""
+        if not copy:
+            return None
+        fresh = await self.get(owner, rec.id, kind)
+        return None if same_record(rec, fresh) else fresh
 
     async def advance(
         self,

@@ -6,11 +6,14 @@ every adapter (``/v1``, the WebSocket stream, ``/v2`` sequences) can answer from
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
+
+from service.errors import SessionGone, SessionNotFound
 
 Clock = Callable[[], float]
 
@@ -96,3 +99,22 @@ class SessionRecord:
         fields["last"] = last
         fields["revision"] = self.revision + 1
         return new
+
+
+def new_session_id() -> str:
+    """160 random bits, URL-safe."""
+    return secrets.token_urlsafe(20)
+
+
+def owned(rec: SessionRecord, owner: str, kind: str) -> SessionRecord:
+    """``rec`` if it is ``owner``'s session of ``kind``; else it is not found (404)."""
+    if rec.owner != owner or rec.kind != kind:
+        raise SessionNotFound(f"no session {rec.id!r}")
+    return rec
+
+
+def hide_foreign(exc: SessionGone, owner: str, session_id: str) -> None:
+    """Another key's expired, evicted or corrupt session is not found (404) to ``owner``,
+    exactly as an id that never existed."""
+    if exc.owner is not None and exc.owner != owner:
+        raise SessionNotFound(f"no session {session_id!r}") from None

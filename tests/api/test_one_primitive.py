@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 import service
 from service.oip.sequences import KIND, store_id
-from service.sessions.manager import Advance, SessionManager
+from service.sessions.advance import Advance
+from service.sessions.manager import SessionManager
 from tests.api.test_stream import create, websocket
 from tests.api.test_v2 import features, infer, output, seq_body, v1_predict
 

@@ -29,8 +29,9 @@ from service.models.encoding import denormalise
 from service.models.manifest import RegressionOutput
 from service.models.registry import ModelRegistry
 from service.oip.sequences import KIND, SequenceParams, Sequences, store_id
+from service.sessions.advance import Advance
 from service.sessions.locks import SessionLocks
-from service.sessions.manager import Advance, SessionManager
+from service.sessions.manager import SessionManager
 from service.sessions.memory import MemoryStore
 from service.sessions.record import SessionRecord
 from service.settings import Settings

@@ -13,7 +13,7 @@ import orjson
 from service.errors import InvalidInput
 from service.models.encoding import decode_steps, parse_step_inputs
 from service.models.registry import LoadedModel
-from service.sessions.manager import Advance, InputsOf
+from service.sessions.advance import Advance, InputsOf
 from service.sessions.record import SessionRecord
 
 
