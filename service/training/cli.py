@@ -19,6 +19,19 @@ def _default_store() -> Path:
     return Settings().model_store
 
 
+def parse_value(current: object, text: str) -> object:
+    """``text`` as the type of a recipe field's current value."""
+    if isinstance(current, bool):
+        if text.lower() not in {"true", "false", "1", "0"}:
+            raise ValueError("expected true or false")
+        return text.lower() in {"true", "1"}
+    if isinstance(current, int) or current is None:
+        return None if text.lower() == "none" else int(text)
+    if isinstance(current, float):
+        return float(text)
+    return text
+
+
 def train_main(args: list[str]) -> int:
     """``lstm-serve train RECIPE``: train, evaluate, export, verify and write a new version."""
     from service.onnx_import.verify import VerificationError
@@ -40,6 +53,19 @@ def train_main(args: list[str]) -> int:
     parser.add_argument("--limit-rows", type=int, help="use only part of the data (quick runs)")
     parser.add_argument("--test-rows", type=int, help="held-out tail length (forecasters)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any recipe field (e.g. --set lr=0.001 --set highway=true)",
+    )
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="hold out the end of the training data instead of the tail (for choosing "
+        "hyperparameters); implies --dry-run",
+    )
     parser.add_argument(
         "--strict", action="store_true", help="refuse to write a model that loses to a baseline"
     )
@@ -63,13 +89,24 @@ def train_main(args: list[str]) -> int:
             if field_name not in {f.name for f in dataclasses.fields(recipe)}:
                 parser.error(f"--{option.replace('_', '-')} does not apply to {ns.recipe}")
             overrides[field_name] = value
+    fields = {f.name for f in dataclasses.fields(recipe)}
+    for item in ns.set:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields or key in {"name", "load", "description"}:
+            parser.error(f"--set {item}: not a FIELD=VALUE of {ns.recipe}'s recipe")
+        try:
+            overrides[key] = parse_value(getattr(recipe, key), text)
+        except ValueError as exc:
+            parser.error(f"--set {item}: {exc}")
+    if ns.validate:
+        overrides["validate"] = True
     recipe = dataclasses.replace(recipe, **overrides)  # type: ignore[arg-type]
     if ns.threads is not None:
         import torch
 
         torch.set_num_threads(ns.threads)
 
-    store = None if ns.dry_run else (ns.store or _default_store())
+    store = None if ns.dry_run or ns.validate else (ns.store or _default_store())
     try:
         result = run_recipe(recipe, store, strict=ns.strict, progress=not ns.quiet)
     except (BaselineNotBeaten, VerificationError, ModelStoreError, ValueError) as exc:

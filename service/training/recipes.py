@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from service.training.data import Series, load_seattle_daily_temps, load_seattle_weather
 from service.training.networks import Cell
+
+LossWeights = Literal["equal", "variance"]
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,22 @@ class ForecastRecipe:
     """Steps at the start of each window left out of the loss (the state is still warming up)."""
     windows_per_epoch: int
     limit_rows: int | None = None
-    """Use only the first ``limit_rows`` rows (quick tests, or validation runs that hold out
-    the last year of training data)."""
+    """Use only the first ``limit_rows`` rows (quick tests)."""
     seed: int = 0
+    highway: bool = False
+    """Add a linear map of the current input to the output (see ``Forecaster``)."""
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    loss_weights: LossWeights = "equal"
+    """``equal``: mean squared error in normalised units; ``variance``: each feature's error
+    weighted by its training variance, i.e. squared error in the data's units (what the
+    headline RMSE averages)."""
+    ensemble: int = 1
+    """Networks trained with seeds ``seed .. seed + ensemble - 1`` and merged into one whose
+    output is their mean (``networks.merge_forecasters``); ``hidden`` is per network."""
+    validate: bool = False
+    """Hold out the last ``test_rows`` rows of the training period instead of the tail, and
+    drop the tail: the run that every hyperparameter is chosen on."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,11 @@ class CharLMRecipe:
     limit_rows: int | None = None
     """Use only the first ``limit_rows`` characters (for quick tests)."""
     seed: int = 0
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    validate: bool = False
+    """Hold out the end of the training text instead of the tail, and drop the tail: the
+    run that every hyperparameter is chosen on."""
 
 
 Recipe = ForecastRecipe | CharLMRecipe

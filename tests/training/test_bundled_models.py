@@ -45,7 +45,7 @@ def test_bundled_model_beats_every_baseline(name: str) -> None:
     assert len(baselines) >= 2, baselines
     assert all(m.metrics[head] < v for v in baselines.values()), (m.metrics[head], baselines)
     assert m.training is not None and m.training.rows > 0
-    assert m.parity.step_vs_whole <= 1e-5
+    assert m.parity.step_vs_whole is not None and m.parity.step_vs_whole <= 1e-5
     assert m.parity.torch_vs_onnx is not None and m.parity.torch_vs_onnx <= 1e-5
     assert {"torch", "onnx", "onnxruntime"} <= m.libraries.keys()
     assert m.description

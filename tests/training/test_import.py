@@ -145,6 +145,7 @@ def test_import_pairs_batch_first_state_by_name(
     assert m.output.kind == "regression" and m.output.size == 2
     assert m.output.mean == [0.0, 0.0] and m.output.std == [1.0, 1.0]
     assert not m.feedback.autoregressive, "2 outputs cannot feed 3 inputs"
+    assert m.parity.step_vs_whole is not None
     assert m.parity.step_vs_whole <= 1e-5 and m.parity.torch_vs_onnx is None
     x = np.random.default_rng(0).standard_normal((3, 11, 3)).astype(np.float32)
     _chunked_equals_whole(store, "foreign", x)

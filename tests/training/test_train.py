@@ -66,18 +66,22 @@ def test_tiny_recipe_writes_a_verified_version(tmp_path: Path, name: str) -> Non
     stored = read_version(result.path)
     m = stored.manifest
     assert m.name == name and m.version == 1
-    assert m.parity.step_vs_whole <= 1e-5
+    assert m.parity.step_vs_whole is not None and m.parity.step_vs_whole <= 1e-5
     assert m.parity.torch_vs_onnx is not None and m.parity.torch_vs_onnx <= 1e-5
     assert m.training is not None and m.training.rows > 0 and "held-out" in m.training.split
     assert {"torch", "onnx", "onnxruntime"} <= m.libraries.keys()
     assert m.headline_metric in m.metrics
     if m.task == "regression":
         assert m.cell == RECIPES[name].cell
-        assert {"rmse", "rmse_persistence", "rmse_seasonal_naive"} <= m.metrics.keys()
+        baselines = {"rmse_persistence", "rmse_seasonal_naive", "rmse_linear_ar"}
+        assert {"rmse", "linear_ar_order", *baselines} <= m.metrics.keys()
+        assert set(result.evaluation.baseline_keys) == baselines
         assert m.feedback.autoregressive and m.feedback.output_index == list(range(m.input_size))
         assert [s.name for s in m.state] == (["h", "c"] if m.cell == "lstm" else ["h"])
     else:
-        assert {"perplexity", "perplexity_unigram", "perplexity_bigram"} <= m.metrics.keys()
+        baselines = {"perplexity_unigram", "perplexity_bigram", "perplexity_kneser_ney"}
+        assert {"perplexity", "kneser_ney_order", *baselines} <= m.metrics.keys()
+        assert set(result.evaluation.baseline_keys) == baselines
         assert m.graph.input_dtype == "int64"
 
     ports, onnx_bytes, dtype = _ports_of(result.path)
@@ -112,6 +116,33 @@ def test_cli_trains_into_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "rmse_persistence" in out and "written to" in out
     assert read_version(tmp_path / "weather_lstm" / "1").manifest.layers == 1
+
+
+def test_cli_validates_on_the_end_of_the_training_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["weather_lstm", "--store", str(tmp_path), "--quiet", "--validate", "--epochs", "1"]
+    args += ["--limit-rows", "400", "--test-rows", "100", "--set", "highway=true"]
+    args += ["--set", "hidden=8", "--set", "layers=1"]
+    assert train_main(args) == 0
+    out = capsys.readouterr().out
+    assert "rmse_linear_ar" in out and "dry run" in out
+    assert not (tmp_path / "weather_lstm").exists()
+
+
+def test_a_validation_run_never_sees_the_held_out_tail() -> None:
+    recipe = dataclasses.replace(tiny("temps_gru"), validate=True)
+    result = run_recipe(recipe, None, progress=False)
+    assert result.manifest.training is not None
+    assert result.manifest.training.rows == TINY_FORECAST["limit_rows"] - TINY_FORECAST["test_rows"]
+    assert "validation tail" in result.manifest.training.split
+
+
+def test_cli_set_rejects_unknown_fields_and_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("nonsense=1", "highway=maybe", "lr"):
+        with pytest.raises(SystemExit):
+            train_main(["weather_lstm", "--set", bad, "--dry-run"])
+        assert "--set" in capsys.readouterr().err
 
 
 def test_cli_rejects_options_that_do_not_apply(capsys: pytest.CaptureFixture[str]) -> None:
