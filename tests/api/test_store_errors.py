@@ -127,7 +127,10 @@ async def test_a_websocket_on_a_session_damaged_while_open_gets_an_answer_not_10
         sid = await _create(http)
         async with websocket(app, f"/v1/sessions/{sid}/stream", headers=A) as ws:
             assert (await ws.step(ONE))["steps"] == 1
-            await raw.hset(f"lstm:s:{sid}", "m", b"junk")
+            # The revision is damaged too: with only another field damaged, this replica's
+            # copy of the record (written by the last step) would answer the step and its
+            # save would rewrite the whole record.
+            await raw.hset(f"lstm:s:{sid}", mapping={"m": b"junk", "r": b"junk"})
             try:
                 reply = await ws.step(ONE)
             except Closed as exc:
@@ -235,6 +238,11 @@ async def test_a_consistent_record_that_does_not_fit_its_model_is_corrupt(
         assert got is not None
         meta = orjson.loads(got)
         one = np.zeros(1, "<f4").tobytes()
+        # A writer elsewhere advances the revision, so this replica's copy of the record is
+        # no longer trusted and the next request loads what was written.
+        revision = await raw.hget(key, "r")
+        assert revision is not None
+        await raw.hset(key, "r", str(int(revision) + 1))
         if damage == "other state names":
             meta["state"] = {"z": [1]}
             await raw.hset(key, mapping={"m": orjson.dumps(meta), "x:z": one})
