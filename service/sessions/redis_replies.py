@@ -59,3 +59,22 @@ def save_outcome(rec: SessionRecord, reply: Any) -> bool:
     if status == 3:
         raise SessionNotFound(f"no session {rec.id!r}")
     return status == 1
+
+
+def listed(owner: str, kind: str, ids: list[str], found: list[Any]) -> list[SessionRecord]:
+    """The owner's records of ``kind`` among the replies of ``HGETALL`` of each id's
+    record (missing ones left out; a record that cannot be read is logged and left out)."""
+    recs: list[SessionRecord] = []
+    for sid, fields in zip(ids, found, strict=True):
+        if not fields:
+            continue
+        try:
+            if isinstance(fields, ResponseError):
+                raise corrupt(sid, None) from fields
+            rec = record_from_fields(fields, sid)
+        except SessionGone as exc:
+            log.error("listing leaves out session %s: %s", sid, exc.__cause__)
+            continue
+        if rec.owner == owner and rec.kind == kind:
+            recs.append(rec)
+    return recs

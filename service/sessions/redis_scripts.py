@@ -2,7 +2,11 @@
 
 Keys are as ``service.sessions.redis_store`` lays them out. ``CREATE`` also reads the
 records named in the owner's index (their keys are built from ``ARGV[9]``, the record key
-prefix), which is why the store needs one Redis primary, not Redis Cluster.
+prefix), so on one Redis it touches keys of several sessions. On Redis Cluster
+(``service.sessions.redis_cluster``) ``CREATE``, ``SAVE``, ``EVICT`` and ``DELETE`` are called
+without the owner index (``KEYS[4]`` absent, no per-owner limit in the script), so each
+touches the keys of one session only, all in one slot; ``RESERVE`` keeps the owner index,
+in the owner's slot.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'reason', 'expired', 'owner', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[3])
-if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[5]) then
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+if KEYS[4] then
+  redis.call('SADD', KEYS[4], ARGV[3])
+  if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[5]) then
+    redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  end
 end
 return {1, pruned}
 """
-"""KEYS: record, tombstone, live, owner index.
+"""KEYS: record, tombstone, live[, owner index].
 ARGV: now, max_sessions, id, expires_at, ttl_ms, tomb_ms, owner, max_per_owner (0: none),
 record key prefix, then field, value, ...
 Returns {1, pruned} created, {0, pruned} at ``max_sessions``, {2, pruned} at the owner's
@@ -71,13 +77,15 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'reason', 'expired', 'owner', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], tomb_ms)
 redis.call('ZADD', KEYS[3], expires_at, ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[2])
-if redis.call('PTTL', KEYS[4]) < tonumber(ttl_ms) then
-  redis.call('PEXPIRE', KEYS[4], ttl_ms)
+if KEYS[4] then
+  redis.call('SADD', KEYS[4], ARGV[2])
+  if redis.call('PTTL', KEYS[4]) < tonumber(ttl_ms) then
+    redis.call('PEXPIRE', KEYS[4], ttl_ms)
+  end
 end
 return {1}
 """
-"""KEYS: record, tombstone, live, owner index.
+"""KEYS: record, tombstone, live[, owner index].
 ARGV: ``"{expected revision} {expected incarnation} {expires_at} {ttl_ms} {tomb_ms}"``
 (the incarnation is field ``c``; a record without it, written by an older version, is not
 checked), id, owner, then the record's fields as three arguments (``redis_codec.packed``):
@@ -89,7 +97,7 @@ such session."""
 
 EVICT = """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
-local f = redis.call('HMGET', KEYS[1], 'o', 'ttl')
+local f = redis.call('HMGET', KEYS[1], 'o', 'ttl', 'k')
 if not f[1] then return 0 end
 local ttl = tonumber(f[2])
 if not ttl or ttl < 1 then ttl = 1 end
@@ -99,14 +107,39 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'reason', ARGV[2], 'owner', f[1])
 redis.call('PEXPIRE', KEYS[2], math.floor(ttl * 1000))
 redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
+return {1, f[1], f[3] or 'session'}
 """
-"""KEYS: record, tombstone, live. ARGV: id, reason. Returns 1 if a record was evicted."""
+"""KEYS: record, tombstone, live. ARGV: id, reason. Returns 0, or {1, owner, kind} if a
+record was evicted."""
 
 DELETE = """
+local f = {false, false}
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  f = redis.call('HMGET', KEYS[1], 'o', 'k')
+end
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
-return n
+if n == 0 then return 0 end
+return {1, f[1] or '', f[2] or 'session'}
 """
-"""KEYS: record, tombstone, live. ARGV: id. Returns 1 if a record was deleted."""
+"""KEYS: record, tombstone, live. ARGV: id. Returns 0, or {1, owner, kind} if a record was
+deleted (owner empty if the record did not say)."""
+
+RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local limit = tonumber(ARGV[4])
+if limit > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[2])
+    and redis.call('ZCARD', KEYS[1]) >= limit then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return 1
+"""
+"""Redis Cluster only. KEYS: the owner index (a sorted set id -> expires_at, in the owner's
+slot). ARGV: now, id, expires_at, max_per_owner (0: none), ttl_ms. Drops the ids whose
+recorded expiry has passed, then adds ``id`` unless the owner already holds
+``max_per_owner``. Returns 1 reserved, 0 at the owner's limit."""

@@ -35,8 +35,15 @@ could apply a step twice; the session manager's offsets make the client's retry 
 instead. Dead pooled connections are dropped and reopened by redis-py, so the store
 recovers without a restart when Redis comes back.
 
-Not for Redis Cluster yet: the scripts touch the shared ``live`` set and the owner's
-index together with the session's keys.
+Topologies (``service.sessions.redis_connect``): one Redis; a primary found through
+Sentinel (this layout; after a failover new connections go to the new primary); Redis
+Cluster (``service.sessions.redis_cluster``: each session's keys in one slot).
+
+Durability: with ``wait_replicas`` N > 0, every create and save is followed, on the same
+connection, by ``WAIT N``; the write is acknowledged only if N replicas have it, else it is
+``StoreUnavailable`` (applied or not, as a timeout is). Without it, a failover can lose
+writes the old primary acknowledged; a lost step is never silent: the session's step count
+is lower than the client's offset, so its next step answers 409 with the true count.
 """
 
 from __future__ import annotations
@@ -48,14 +55,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from service.errors import (
     CapacityReached,
     ServeError,
-    SessionGone,
     StoreUnavailable,
 )
 from service.sessions import redis_scripts
@@ -63,25 +69,21 @@ from service.sessions.cache import RecordCache
 from service.sessions.coalesce import TickBatch
 from service.sessions.record import Clock, SessionRecord
 from service.sessions.redis_codec import (
-    corrupt,
     flat,
     incarnation,
     packed,
     record_fields,
-    record_from_fields,
 )
-from service.sessions.redis_errors import (
-    is_outage,
-    no_maint_notifications,
-    text,
-    translated,
-)
-from service.sessions.redis_replies import record_of, save_outcome
+from service.sessions.redis_connect import connect
+from service.sessions.redis_errors import is_outage, text, translated
+from service.sessions.redis_replies import listed, record_of, save_outcome
 
 log = logging.getLogger(__name__)
 
 Call = tuple[list[str], list[Any]]
 """One script call: its keys and its arguments."""
+
+Client = aioredis.Redis | RedisCluster
 
 
 def _sha(script: str) -> str:
@@ -93,19 +95,25 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         clock: Clock = time.time,
         on_gone: Callable[[str], None] | None = None,
         prefix: str = "lstm:",
         cache_records: int = 10_000,
         cache_bytes: int = 64 * 2**20,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         self._redis = client
         self._clock = clock
         self._on_gone = on_gone
         self.prefix = prefix
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._live_key = f"{prefix}live"
-        self._create = client.register_script(redis_scripts.CREATE)
+        self.helpers: list[aioredis.Redis] = []
+        """Clients closed with this store's (the sentinels)."""
+        self._create_sha = _sha(redis_scripts.CREATE)
         self._evict = client.register_script(redis_scripts.EVICT)
         self._delete = client.register_script(redis_scripts.DELETE)
         self._save_sha = _sha(redis_scripts.SAVE)
@@ -126,31 +134,41 @@ class RedisStore:
         max_connections: int = 64,
         cache_records: int = 10_000,
         cache_bytes: int = 64 * 2**20,
+        wait_replicas: int = 0,
     ) -> RedisStore:
-        """A store on ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+        """A store on ``url`` (``redis://``, ``rediss://``, ``unix://``,
+        ``redis+sentinel://`` or ``redis+cluster://``: ``service.sessions.redis_connect``).
 
         ``socket_timeout`` bounds how long a request waits on a hung Redis before it is
         answered 503; ``connect_timeout`` the same for a Redis that is down or unreachable.
         ``cache_records`` and ``cache_bytes`` bound the copies of recently written records
-        (0 records: no copies, every step loads).
+        (0 records: no copies, every step loads). ``wait_replicas``: replicas that must
+        have a create or a save before it is acknowledged (Redis ``WAIT``; at most half
+        the socket timeout).
         """
-        client = aioredis.Redis.from_url(
+        found = connect(
             url,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 0),
+            connect_timeout=connect_timeout,
             max_connections=max_connections,
-            health_check_interval=30,
-            **no_maint_notifications(),
         )
-        return cls(
-            client,
+        kind = cls
+        if found.topology == "cluster":
+            from service.sessions.redis_cluster import RedisClusterStore
+
+            kind = RedisClusterStore
+        store = kind(
+            found.client,
             clock=clock,
             on_gone=on_gone,
             prefix=prefix,
             cache_records=cache_records,
             cache_bytes=cache_bytes,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=max(1, round(socket_timeout * 500)),
         )
+        store.helpers = found.helpers
+        return store
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -160,8 +178,21 @@ class RedisStore:
     def _tkey(self, session_id: str) -> str:
         return f"{self.prefix}t:{session_id}"
 
+    def _lkey(self, session_id: str) -> str:
+        """The live set that holds ``session_id``."""
+        return self._live_key
+
     def _okey(self, owner: str, kind: str) -> str:
         return f"{self.prefix}o:{kind}:{owner}"
+
+    def _session_keys(self, rec: SessionRecord) -> list[str]:
+        """The keys a create or a save of ``rec`` writes (``CREATE`` and ``SAVE``)."""
+        return [
+            self._rkey(rec.id),
+            self._tkey(rec.id),
+            self._lkey(rec.id),
+            self._okey(rec.owner, rec.kind),
+        ]
 
     def _expiries(self, rec: SessionRecord, now: float) -> tuple[int, int]:
         """Milliseconds until the record expires, and until its tombstone does."""
@@ -176,36 +207,36 @@ class RedisStore:
     # -- protocol -----------------------------------------------------------------------------
 
     async def create(self, rec: SessionRecord, max_sessions: int, max_per_owner: int = 0) -> None:
+        await self._create_record(rec, max_sessions, max_per_owner)
+
+    async def _create_record(self, rec: SessionRecord, max_sessions: int, per_owner: int) -> None:
+        """The ``CREATE`` script on the session's keys (``_session_keys``), then ``WAIT``."""
         now = self._clock()
         ttl_ms, tomb_ms = self._expiries(rec, now)
-        with translated("create"):
-            status, pruned = await self._create(
-                keys=[
-                    self._rkey(rec.id),
-                    self._tkey(rec.id),
-                    self._live_key,
-                    self._okey(rec.owner, rec.kind),
-                ],
-                args=[
-                    repr(now),
-                    max_sessions,
-                    rec.id,
-                    repr(rec.expires_at),
-                    ttl_ms,
-                    tomb_ms,
-                    rec.owner,
-                    max_per_owner,
-                    self._rkey(""),
-                    *flat(record_fields(rec)),
-                ],
-            )
+        args = [
+            repr(now),
+            max_sessions,
+            rec.id,
+            repr(rec.expires_at),
+            ttl_ms,
+            tomb_ms,
+            rec.owner,
+            per_owner,
+            self._rkey(""),
+            *flat(record_fields(rec)),
+        ]
+        (reply,) = await self._eval_many(
+            "create", redis_scripts.CREATE, self._create_sha, [(self._session_keys(rec), args)]
+        )
+        if isinstance(reply, BaseException):
+            with translated("create"):
+                raise reply
+        status, pruned = reply
         self._gone("expired", int(pruned))
         if status == 0:
             raise CapacityReached(f"session limit of {max_sessions} reached")
         if status == 2:
-            raise CapacityReached(
-                f"this key already holds {max_per_owner} sessions, the limit per key"
-            )
+            raise CapacityReached(f"this key already holds {per_owner} sessions, the limit per key")
         self._cache.wrote(rec)
 
     def recent(self, session_id: str) -> SessionRecord | None:
@@ -250,15 +281,9 @@ class RedisStore:
         calls: list[Call] = []
         for rec, expected in items:
             ttl_ms, tomb_ms = self._expiries(rec, now)
-            keys = [
-                self._rkey(rec.id),
-                self._tkey(rec.id),
-                self._live_key,
-                self._okey(rec.owner, rec.kind),
-            ]
             head = f"{expected} {incarnation(rec)} {rec.expires_at!r} {ttl_ms} {tomb_ms}"
             args = [head, rec.id, rec.owner, *packed(record_fields(rec))]
-            calls.append((keys, args))
+            calls.append((self._session_keys(rec), args))
         try:
             replies = await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls)
         except StoreUnavailable as exc:  # applied or not: the copies are no longer known
@@ -285,17 +310,24 @@ class RedisStore:
         exceptions in the list); a Redis that lost its scripts (restarted) gets the script
         again and the calls it refused are sent again (refused, they did nothing)."""
         with translated(op):
-            replies = await self._evalsha(sha, calls)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if missing:
-                await self._redis.script_load(script)
-                again = await self._evalsha(sha, [calls[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            try:
+                replies = await self._evalsha(sha, calls)
+                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                if missing:
+                    await self._redis.script_load(script)
+                    again = await self._evalsha(sha, [calls[i] for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
+            except (RedisError, OSError) as exc:
+                await self._after_pipeline([exc])
+                raise
+        await self._after_pipeline(replies)
         return replies
 
     async def _evalsha(self, sha: str, calls: list[Call]) -> list[Any]:
-        if len(calls) == 1:  # no pipeline object for one call (a step at concurrency 1)
+        """The calls' replies; with ``wait_replicas``, a call whose write no ``WAIT`` after
+        it confirmed on enough replicas answers a timeout instead."""
+        if len(calls) == 1 and not self.wait_replicas:  # no pipeline object for one call
             keys, args = calls[0]
             try:
                 return [await self._redis.evalsha(sha, len(keys), *keys, *args)]
@@ -303,62 +335,82 @@ class RedisStore:
                 return [exc]
         async with self._redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            waits = self._queue_waits(pipe, calls) if self.wait_replicas else []
             replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+        n = len(calls)
+        for (covered, _), acked in zip(waits, replies[n:], strict=True):
+            if isinstance(acked, int) and acked >= self.wait_replicas:
+                continue
+            short = RedisTimeout(f"WAIT {self.wait_replicas}: {acked!r} replicas acknowledged")
+            for i in covered:
+                if not isinstance(replies[i], BaseException):
+                    replies[i] = short
+        return replies[:n]
+
+    def _queue_waits(self, pipe: Any, calls: list[Call]) -> list[tuple[list[int], Any]]:
+        """Queue ``WAIT`` after the calls, on their connection; per ``WAIT``, the calls it
+        covers. One Redis: one ``WAIT`` (a pipeline is one connection)."""
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        return [(list(range(len(calls))), None)]
+
+    async def _after_pipeline(self, replies: list[Any]) -> None:
+        """After a pipeline's replies (Redis Cluster: a new layout after an outage)."""
 
     async def delete(self, session_id: str) -> bool:
         self._cache.drop(session_id)
         with translated("delete"):
             n = await self._delete(
-                keys=[self._rkey(session_id), self._tkey(session_id), self._live_key],
+                keys=[self._rkey(session_id), self._tkey(session_id), self._lkey(session_id)],
                 args=[session_id],
             )
+        await self._unindex(session_id, n)
         return bool(n)
 
     async def evict(self, session_id: str, reason: str = "evicted") -> bool:
         self._cache.drop(session_id)
         with translated("evict"):
             n = await self._evict(
-                keys=[self._rkey(session_id), self._tkey(session_id), self._live_key],
+                keys=[self._rkey(session_id), self._tkey(session_id), self._lkey(session_id)],
                 args=[session_id, reason],
             )
+        await self._unindex(session_id, n)
         if n:
             self._gone(reason)
         return bool(n)
 
-    async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
-        """The owner's live records; a record that cannot be read is left out (and logged)."""
-        okey = self._okey(owner, kind)
+    async def _unindex(self, session_id: str, reply: Any) -> None:
+        """After ``DELETE`` or ``EVICT`` (reply ``{1, owner, kind}`` if a record went):
+        one Redis prunes owner indexes lazily, Redis Cluster removes the entry."""
+
+    async def _records_of(
+        self, owner: str, kind: str, okey: str, members: Any, prune: bool
+    ) -> list[SessionRecord]:
+        """The live records among the ids an owner index holds (``prune``: remove the ids
+        without a record from the index)."""
+        ids = [sid for sid in map(text, members) if sid is not None]
+        if not ids:
+            return []
         with translated("list"):
-            members = await self._redis.smembers(okey)
-            ids = [sid for sid in map(text, members) if sid is not None]
-            if not ids:
-                return []
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sid in ids:
                     pipe.hgetall(self._rkey(sid))
                 found = await pipe.execute(raise_on_error=False)
             for reply in found:
                 if isinstance(reply, RedisError) and is_outage(reply):
+                    await self._after_pipeline([reply])
                     raise reply
             stale = [sid for sid, fields in zip(ids, found, strict=True) if fields == {}]
-            if stale:
+            if stale and prune:
                 await self._redis.srem(okey, *stale)
-        recs: list[SessionRecord] = []
-        for sid, fields in zip(ids, found, strict=True):
-            if not fields:
-                continue
-            try:
-                if isinstance(fields, ResponseError):
-                    raise corrupt(sid, None) from fields
-                rec = record_from_fields(fields, sid)
-            except SessionGone as exc:
-                log.error("listing leaves out session %s: %s", sid, exc.__cause__)
-                continue
-            if rec.owner == owner and rec.kind == kind:
-                recs.append(rec)
-        return recs
+        return listed(owner, kind, ids, found)
+
+    async def list(self, owner: str, kind: str = "session") -> list[SessionRecord]:
+        """The owner's live records; a record that cannot be read is left out (and logged)."""
+        okey = self._okey(owner, kind)
+        with translated("list"):
+            members = await self._redis.smembers(okey)
+        return await self._records_of(owner, kind, okey, members, prune=True)
 
     async def count(self) -> int:
         with translated("count"):
@@ -380,3 +432,5 @@ class RedisStore:
         await self._saves.drain()
         with translated("close"):
             await self._redis.aclose()
+            for helper in self.helpers:
+                await helper.aclose()

@@ -1,7 +1,8 @@
 """The session manager on each store: what another key learns, the per-key limit under
 parallel creates, bounded step counts on restore, and what a damaged record allows.
 
-Memory runs on a fake clock; Redis on a database of the test's own (``redis_url``).
+Memory runs on a fake clock; Redis on one Redis (a database of the test's own), Redis
+Cluster and Sentinel (a key prefix of the test's own; ``tests/redis_topologies.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from service.sessions.memory import MemoryStore
 from service.sessions.redis_store import RedisStore
 from service.sessions.store import SessionStore
 from service.settings import Settings
+from tests.redis_topologies import REDIS_KINDS, redis_target
 
 TTL = 1
 
@@ -54,7 +56,7 @@ class Env:
     """Another manager on the same data (a second replica, for Redis)."""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def env(
     request: pytest.FixtureRequest, registry: ModelRegistry, tiny_store: Path
 ) -> AsyncIterator[Env]:
@@ -73,10 +75,10 @@ async def env(
             return manager
 
     else:
-        url = request.getfixturevalue("redis_url")
+        url, prefix = redis_target(request, request.param)
 
         def open_store() -> RedisStore:
-            s = RedisStore.from_url(url)
+            s = RedisStore.from_url(url, prefix=prefix)
             opened.append(s)
             return s
 
@@ -117,7 +119,7 @@ async def test_another_keys_gone_session_is_not_found(env: Env) -> None:
 
 
 async def test_another_keys_expired_session_is_not_found(env: Env) -> None:
-    ttl = TTL if env.kind == "redis" else 5
+    ttl = TTL if env.kind != "memory" else 5
     rec = await env.manager.create("alice", "tiny_lstm", ttl=ttl)
     if isinstance(env.manager.clock, FakeClock):
         env.manager.clock.now += ttl + 0.5

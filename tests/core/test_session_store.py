@@ -1,8 +1,10 @@
-"""One suite for every ``SessionStore``: the in-memory store and Redis (a real server).
+"""One suite for every ``SessionStore``: the in-memory store and Redis (real servers): one
+Redis, Redis Cluster (3 primaries, 3 replicas) and a primary behind Sentinel.
 
 Memory runs on a fake clock; Redis on real time with one-second TTLs, since its expiry is
-Redis's own. Each Redis case gets a database of its own on this run's private server
-(``redis_url``) and a unique key prefix.
+Redis's own. Each Redis case gets a unique key prefix, and on one Redis a database of its
+own on this run's private server (``redis_url``); the cluster and the sentinel set are
+this run's own too (``tests/redis_topologies.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from service.sessions.store import SessionStore
 from service.settings import Settings
 from tests.e2e.server import free_port
 from tests.redis_process import RedisProcess
+from tests.redis_topologies import REDIS_KINDS, redis_target
 
 TTL = 1
 """Seconds; Redis expiry is real time, so the expiry cases wait about two TTLs."""
@@ -63,7 +66,7 @@ class Backend:
     """A second store on the same data, as another replica would have (Redis only)."""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         clock = FakeClock()
@@ -75,8 +78,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         yield Backend(MemoryStore(clock=clock, on_gone=gone.append), clock, advance, gone)
         return
 
-    url = request.getfixturevalue("redis_url")
-    prefix = f"test:{uuid.uuid4().hex}:"
+    url, prefix = redis_target(request, request.param)
     gone = []
     extra: list[RedisStore] = []
 
