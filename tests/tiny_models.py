@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from service.models.manifest import (
+    Distribution,
     FeaturesInput,
     Feedback,
     GraphSpec,
@@ -31,7 +32,13 @@ VOCAB = list(" abcdefghijklmnopqrstuvwxyz.,")
 
 
 def _rnn_graph(
-    cell: str, in_size: int, hidden: int, out_size: int, text: bool, seed: int
+    cell: str,
+    in_size: int,
+    hidden: int,
+    out_size: int,
+    text: bool,
+    seed: int,
+    probabilistic: bool = False,
 ) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     gates = 4 if cell == "lstm" else 3
@@ -83,6 +90,13 @@ def _rnn_graph(
         helper.make_node("Identity", ["Yh"], ["hn"]),
     ]
     inits.append(numpy_helper.from_array(np.asarray([1], dtype=np.int64), "one"))
+    if probabilistic:  # a likelihood head: scale = softplus(h Ws + bs), beside the mean
+        inits += [init("Ws", (hidden, out_size)), init("bs", (out_size,), 0.1)]
+        nodes += [
+            helper.make_node("MatMul", ["Yb", "Ws"], ["Sm"]),
+            helper.make_node("Add", ["Sm", "bs"], ["Sa"]),
+            helper.make_node("Softplus", ["Sa"], ["scale"]),
+        ]
     inputs = [
         helper.make_tensor_value_info(
             "x",
@@ -95,6 +109,10 @@ def _rnn_graph(
         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time", out_size]),
         helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, "batch", hidden]),
     ]
+    if probabilistic:
+        outputs.append(
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["batch", "time", out_size])
+        )
     if cell == "lstm":
         inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, "batch", hidden]))
         nodes.append(helper.make_node("Identity", ["Yc"], ["cn"]))
@@ -116,10 +134,13 @@ def write_tiny_model(
     text: bool = False,
     seed: int = 0,
     autoregressive: bool = True,
+    probabilistic: bool = False,
 ) -> Manifest:
+    """``probabilistic``: a Gaussian likelihood head (graph output ``scale``, manifest
+    ``distribution``)."""
     in_size = 6 if text else features
     out_size = len(VOCAB) if text else features
-    model = _rnn_graph(cell, in_size, hidden, out_size, text, seed)
+    model = _rnn_graph(cell, in_size, hidden, out_size, text, seed, probabilistic)
     state = [StateTensor(name="h", input="h0", output="hn", shape=[1, hidden])]
     if cell == "lstm":
         state.append(StateTensor(name="c", input="c0", output="cn", shape=[1, hidden]))
@@ -161,6 +182,7 @@ def write_tiny_model(
         ),
         metrics={},
         parity=Parity(step_vs_whole=0.0),
+        distribution=Distribution(scale_output="scale") if probabilistic else None,
         created_at=dt.datetime.now(dt.UTC).isoformat(),
     )
     write_version(root, manifest, model.SerializeToString())

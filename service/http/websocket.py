@@ -58,6 +58,7 @@ from service.http.state import AppState
 from service.http.v1.schemas import validate_step
 from service.http.v1.session_codec import (
     group_parser,
+    step_distributions,
     step_offset,
     step_outputs,
     step_parser,
@@ -250,11 +251,14 @@ class _Stream:
                     return False
             return True
         outputs = step_outputs(done, settings.top_k_default)
+        views = step_distributions(done)
         steps = done.steps_before
         start = 0
         for n in sizes:
             steps += n
             reply = {"id": self.session_id, "steps": steps, "outputs": outputs[start : start + n]}
+            if views is not None:
+                reply["distribution"] = views[start : start + n]
             start += n
             if not await self.send(orjson.dumps(reply)):
                 return False

@@ -10,9 +10,14 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.inference.runner import Runner
+from service.models import distribution
 from service.models.encoding import decode_steps, denormalise, softmax
 from service.models.manifest import FeaturesInput, RegressionOutput, TextInput
 from service.models.registry import LoadedModel, State
+
+DEFAULT_SAMPLES = 100
+"""Sample paths a probabilistic forecaster's ``generate`` draws unless asked for another
+number (fewer when the batch limit, ``max_batch_sequences``, is lower)."""
 
 
 @dataclass(frozen=True)
@@ -21,13 +26,43 @@ class GenerateOptions:
     temperature: float = 1.0
     top_k: int | None = None
     seed: int | None = None
+    samples: int = DEFAULT_SAMPLES
+    """Probabilistic forecasters: sample paths drawn through the model's state."""
+    return_paths: bool = False
+    """Probabilistic forecasters: give every path's values, not only their fan."""
 
 
 @dataclass
 class GenStep:
     index: int
     output: Any
-    """The wire output: ``{"token", "p"}`` for text models, a vector for regression."""
+    """The wire output: ``{"token", "p"}`` for text models, a vector for regression (for a
+    probabilistic forecaster, the mean of the sample paths at this horizon)."""
+    fan: dict[str, list[float]] | None = None
+    """Probabilistic forecasters: the paths' quantiles at this horizon, per feature."""
+    paths: list[list[float]] | None = None
+    """With ``return_paths``: each path's value at this horizon (``[samples, F]``)."""
+
+    def event(self) -> dict[str, Any]:
+        """The step as an SSE ``step`` event gives it."""
+        event: dict[str, Any] = {"step": self.index, "output": self.output}
+        if self.fan is not None:
+            event["fan"] = self.fan
+        if self.paths is not None:
+            event["paths"] = self.paths
+        return event
+
+
+async def collect(steps: AsyncIterator[GenStep]) -> dict[str, Any]:
+    """A whole roll-out's response fields: ``outputs``, and for a probabilistic forecaster
+    ``fan`` (one per horizon) and, when asked, ``paths`` (``[samples][horizon][F]``)."""
+    done = [s async for s in steps]
+    out: dict[str, Any] = {"outputs": [s.output for s in done]}
+    if done and done[0].fan is not None:
+        out["fan"] = [s.fan for s in done]
+    if done and done[0].paths is not None:
+        out["paths"] = [list(p) for p in zip(*(s.paths or [] for s in done), strict=True)]
+    return out
 
 
 @dataclass
@@ -82,6 +117,12 @@ async def rollout(
         state, last_output, fed = res.state, res.outputs[-1], fed + int(context.shape[0])
     if last_output is None:
         raise InvalidInput("nothing to generate from: give a context", code="missing_context")
+    if m.distribution is not None:
+        paths = sample_paths(runner, model, state, last_output, opts, result, key)
+        async for step in paths:
+            yield step
+        result.fed_steps += fed
+        return
     rng = np.random.default_rng(opts.seed)
     text_parts: list[str] = []
     for i in range(opts.steps):
@@ -102,10 +143,46 @@ async def rollout(
     result.text = "".join(text_parts)
 
 
+async def sample_paths(
+    runner: Runner,
+    model: LoadedModel,
+    state: State,
+    last_output: np.ndarray,
+    opts: GenerateOptions,
+    result: Rollout,
+    key: str | None,
+) -> AsyncIterator[GenStep]:
+    """A probabilistic forecaster's roll-out: ``opts.samples`` paths from ``state``, each
+    step drawn from the model's distribution (``opts.seed`` seeds the draws) and fed back
+    as that path's next input, all paths run together. ``result`` ends on the first path."""
+    m = model.manifest
+    d = m.distribution
+    assert d is not None and isinstance(m.output, RegressionOutput)
+    rng = np.random.default_rng(opts.seed)
+    n = opts.samples
+    states = [state] * n
+    last = np.broadcast_to(last_output, (n, last_output.shape[-1]))
+    for i in range(opts.steps):
+        draws = distribution.draw(d, denormalise(m.output, last, True), rng)
+        paths = draws.astype(np.float32)
+        yield GenStep(
+            i,
+            draws.mean(axis=0).astype(np.float32).tolist(),
+            distribution.fan(d, paths),
+            paths.tolist() if opts.return_paths else None,
+        )
+        nxt = paths[:, m.feedback.output_index]  # data units, as a client would send
+        results = await runner.run(model, [row[None, :] for row in nxt], states, key=key)
+        states = [r.state for r in results]
+        last = np.stack([r.outputs[-1] for r in results])
+    result.state, result.last_output, result.fed_steps = states[0], last[0], opts.steps
+
+
 def check_generate_options(
-    model: LoadedModel, body: dict[str, Any], max_steps: int
+    model: LoadedModel, body: dict[str, Any], max_steps: int, max_samples: int
 ) -> GenerateOptions:
-    """Validate ``steps``, ``temperature``, ``top_k`` and ``seed`` of a generate body."""
+    """Validate ``steps``, ``temperature``, ``top_k``, ``seed``, ``samples`` and
+    ``return_paths`` of a generate body (``max_samples``: the most sequences of a batch)."""
     m = model.manifest
     if m.task == "regression" and not m.feedback.autoregressive:
         raise InvalidInput(
@@ -135,4 +212,36 @@ def check_generate_options(
         not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63
     ):
         raise InvalidInput("seed must be a non-negative integer or null")
-    return GenerateOptions(steps=steps, temperature=float(temperature), top_k=top_k, seed=seed)
+    samples, return_paths = _sampling(model, body, max_samples)
+    return GenerateOptions(
+        steps=steps,
+        temperature=float(temperature),
+        top_k=top_k,
+        seed=seed,
+        samples=samples,
+        return_paths=return_paths,
+    )
+
+
+def _sampling(model: LoadedModel, body: dict[str, Any], max_samples: int) -> tuple[int, bool]:
+    samples = body.get("samples")
+    return_paths = body.get("return_paths") or False
+    if model.manifest.distribution is None:
+        if samples is not None or return_paths:
+            raise InvalidInput(
+                f"model {model.manifest.name!r} gives no distribution: samples and "
+                "return_paths are for probabilistic forecasters",
+                code="not_probabilistic",
+            )
+        return DEFAULT_SAMPLES, False
+    if samples is None:
+        samples = min(DEFAULT_SAMPLES, max_samples)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise InvalidInput("samples must be a positive integer")
+    if samples > max_samples:
+        raise InvalidInput(
+            f"{samples} sample paths exceed the limit of {max_samples}", code="batch_too_large"
+        )
+    if not isinstance(return_paths, bool):
+        raise InvalidInput("return_paths must be true or false")
+    return samples, return_paths

@@ -212,15 +212,31 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return p
 
 
-def denormalise(spec: RegressionOutput, y: np.ndarray) -> np.ndarray:
+def denormalise(spec: RegressionOutput, y: np.ndarray, with_scale: bool = False) -> np.ndarray:
+    """Model units → data units. ``with_scale``: ``y`` is a probabilistic model's
+    ``[..., 2F]`` rows, the mean (shifted and scaled) then the scale (scaled only)."""
+    if with_scale:
+        mean = y[..., : spec.size] * spec.std_array + spec.mean_array
+        both = np.concatenate([mean, y[..., spec.size :] * spec.std_array], axis=-1)
+        return both.astype(np.float32, copy=False)
     out: np.ndarray = (y * spec.std_array + spec.mean_array).astype(np.float32, copy=False)
     return out
 
 
-def in_data_units(spec: RegressionOutput, y: np.ndarray, wire: np.ndarray | None) -> np.ndarray:
+def in_data_units(manifest: Manifest, y: np.ndarray, wire: np.ndarray | None) -> np.ndarray:
     """Regression outputs in the data's units: ``wire`` (``SeqResult.wire``, denormalised
-    once per onnxruntime run) when there is one, else ``y`` denormalised here."""
-    return wire if wire is not None else denormalise(spec, y)
+    once per onnxruntime run) when there is one, else ``y`` denormalised here (with the
+    scale beside the mean for a probabilistic model)."""
+    spec = manifest.output
+    assert isinstance(spec, RegressionOutput)
+    return wire if wire is not None else denormalise(spec, y, manifest.distribution is not None)
+
+
+def point_outputs(manifest: Manifest, y: np.ndarray, wire: np.ndarray | None) -> np.ndarray:
+    """Regression outputs in the data's units, the mean only for a probabilistic model."""
+    data = in_data_units(manifest, y, wire)
+    spec = manifest.output
+    return data[..., : spec.size] if manifest.distribution is not None else data
 
 
 def decode_steps(
@@ -232,7 +248,7 @@ def decode_steps(
     """
     spec = manifest.output
     if isinstance(spec, RegressionOutput):
-        out: list[Any] = in_data_units(spec, y, wire).tolist()
+        out: list[Any] = point_outputs(manifest, y, wire).tolist()
         return out
     text_spec = manifest.input
     assert isinstance(text_spec, TextInput)

@@ -8,6 +8,7 @@ vocabulary) and where the model came from (data provenance, metrics, parity).
 
 from __future__ import annotations
 
+import itertools
 import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -185,6 +186,35 @@ class Feedback(_Strict):
     output_index: list[int] = Field(default_factory=list)
 
 
+class Distribution(_Strict):
+    """A probabilistic forecaster's likelihood head: for each output feature the graph
+    gives a location (the ``graph.output`` tensor, the mean) and a ``scale`` (the
+    ``scale_output`` tensor, same shape, positive), both in normalised units like the
+    output; the service multiplies the scale by ``output.std``. ``family`` says which
+    distribution they parameterise (``gaussian``: the scale is the standard deviation).
+    The service serves the ``quantiles`` levels (strictly increasing, in (0, 1)) with every
+    output and draws sample paths from it in ``generate``.
+    """
+
+    family: Literal["gaussian"] = "gaussian"
+    scale_output: str = Field(min_length=1)
+    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9], min_length=1)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: list[float]) -> list[float]:
+        if len(v) > 16:
+            raise ValueError("at most 16 quantile levels")
+        if any(not 0.0 < q < 1.0 for q in v) or any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("quantile levels must be strictly increasing, each in (0, 1)")
+        return v
+
+    @cached_property
+    def levels(self) -> tuple[str, ...]:
+        """The levels as the wire names them (``"0.1"``, ``"0.5"``)."""
+        return tuple(f"{q:g}" for q in self.quantiles)
+
+
 class Provenance(_Strict):
     dataset: str
     package: str
@@ -239,6 +269,8 @@ class Manifest(_Strict):
     """Held-out metrics of the model and its naive baselines (``rmse``, ``rmse_persistence``)."""
     headline_metric: str | None = None
     parity: Parity
+    distribution: Distribution | None = None
+    """Set for a probabilistic forecaster (a likelihood head); None for a point model."""
     stateful: bool = True
     """False for a graph that needs the whole sequence (a bidirectional one): served for
     predict only; sessions, streams and sequences are refused."""
@@ -281,7 +313,24 @@ class Manifest(_Strict):
                 idx = self.feedback.output_index
                 if len(idx) != self.input.size or any(not 0 <= i < self.output.size for i in idx):
                     raise ValueError("feedback.output_index must map every input feature")
+        if self.distribution is not None:
+            if self.task != "regression":
+                raise ValueError("only a regression model can have a distribution")
+            taken = {self.graph.output, *(s.output for s in self.state)}
+            if self.distribution.scale_output in taken:
+                raise ValueError("distribution.scale_output must be a graph output of its own")
         return self
+
+    def _distribution_doc(self) -> dict[str, object]:
+        d = self.distribution
+        assert d is not None
+        return {"family": d.family, "quantiles": d.quantiles}
+
+    @property
+    def output_width(self) -> int:
+        """Values per step of the model's outputs as the runner gives them: ``output.size``,
+        twice that for a probabilistic model (each feature's mean, then its scale)."""
+        return self.output.size * (1 if self.distribution is None else 2)
 
     @property
     def input_size(self) -> int:
@@ -327,6 +376,7 @@ class Manifest(_Strict):
             "metrics": self.metrics,
             "headline_metric": self.headline_metric,
             "parity": self.parity.model_dump(),
+            **({} if self.distribution is None else {"distribution": self._distribution_doc()}),
             "sha256": self.sha256,
             "sample": self.sample_file is not None,
             "created_at": self.created_at,

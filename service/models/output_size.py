@@ -61,18 +61,46 @@ def _longest_token(manifest: Manifest) -> int:
     return _token_bytes(tuple(spec.vocab))
 
 
+_LEVEL_KEY = len(b'"0.123456":,')
+"""A quantile level's key in a ``{"0.1": [...], ...}`` object (``:g`` gives at most 6
+significant digits)."""
+_DISTRIBUTION_KEYS = len(b'{"scale":,"quantiles":{}},')
+
+
+def _vector_bytes(manifest: Manifest) -> int:
+    """One regression vector: ``output.size`` floats, brackets and a separator."""
+    return manifest.output.size * FLOAT_JSON_BYTES + 3
+
+
+def _levels(manifest: Manifest) -> int:
+    d = manifest.distribution
+    return 0 if d is None else len(d.quantiles)
+
+
 def v1_step_bytes(manifest: Manifest, top_k: int) -> int:
-    """One ``/v1`` output step: a regression vector, or the top ``top_k`` next tokens."""
+    """One ``/v1`` output step: a regression vector (and a probabilistic forecaster's
+    ``distribution`` entry: the scale and each level's quantiles), or the top ``top_k``
+    next tokens."""
     if isinstance(manifest.output, RegressionOutput):
-        return manifest.output.size * FLOAT_JSON_BYTES + 3
+        vector = _vector_bytes(manifest)
+        if manifest.distribution is None:
+            return vector
+        levels = _levels(manifest)
+        return 2 * vector + _DISTRIBUTION_KEYS + levels * (_LEVEL_KEY + vector)
     k = min(top_k, manifest.output.size)
     return _TOP_WRAPPER + k * (_TOP_ENTRY + _longest_token(manifest) + FLOAT_JSON_BYTES)
 
 
-def v1_generated_step_bytes(manifest: Manifest) -> int:
-    """One generated step: ``{"token", "p"}`` (and its character in ``text``), or a vector."""
+def v1_generated_step_bytes(manifest: Manifest, samples: int = 1, paths: bool = False) -> int:
+    """One generated step: ``{"token", "p"}`` (and its character in ``text``), or a vector
+    (for a probabilistic forecaster, also its ``fan`` entry and, with ``paths``, every one
+    of the ``samples`` paths' vectors)."""
     if isinstance(manifest.output, RegressionOutput):
-        return v1_step_bytes(manifest, 1)
+        vector = _vector_bytes(manifest)
+        if manifest.distribution is None:
+            return vector
+        fan = 3 + _levels(manifest) * (_LEVEL_KEY + vector)
+        return vector + fan + (samples * vector + 3 if paths else 0)
     token = _longest_token(manifest)
     return _TOP_ENTRY + token + FLOAT_JSON_BYTES + token
 

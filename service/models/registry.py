@@ -67,9 +67,12 @@ class LoadedModel:
         return normalise(spec, x) if isinstance(spec, FeaturesInput) else x
 
     def wire_outputs(self, y: np.ndarray) -> np.ndarray | None:
-        """Regression outputs in the data's own units (``encoding.denormalise``), else None."""
+        """Regression outputs in the data's own units (``encoding.denormalise``; a
+        probabilistic model's mean and scale both), else None."""
         spec = self.manifest.output
-        return denormalise(spec, y) if isinstance(spec, RegressionOutput) else None
+        if not isinstance(spec, RegressionOutput):
+            return None
+        return denormalise(spec, y, self.manifest.distribution is not None)
 
     @cached_property
     def state_names(self) -> list[str]:
@@ -94,11 +97,17 @@ class LoadedModel:
         raise KeyError(name)
 
     @cached_property
+    def extra_outputs(self) -> list[str]:
+        """Graph outputs joined to the data output: a probabilistic model's scale."""
+        d = self.manifest.distribution
+        return [] if d is None else [d.scale_output]
+
+    @cached_property
     def _layout(self) -> tuple[list[str], list[tuple[str, str, tuple[int, ...], tuple[int, ...]]]]:
         """Output names, and per state tensor: name, input, and the axis orders that move
         the batch axis from the front to ``batch_axis`` and back."""
         m = self.manifest
-        names = [m.graph.output, *(s.output for s in m.state)]
+        names = [m.graph.output, *self.extra_outputs, *(s.output for s in m.state)]
         states = []
         for spec in m.state:
             rank = len(spec.shape) + 1
@@ -110,7 +119,8 @@ class LoadedModel:
     def run_batch(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
         """Run ``x`` (``[batch, time, ...]`` in model units) from per-sequence ``states``.
 
-        Returns the outputs ``[batch, time, out]`` and each sequence's final state (its own
+        Returns the outputs ``[batch, time, out]`` (``[.., 2 * out]`` for a probabilistic
+        model: the mean, then the scale) and each sequence's final state (its own
         copy, so an idle session never keeps a whole batch's array alive). Blocking; safe
         to call from several threads. Stacking and splitting use C-level array calls
         only: this runs with the GIL held, in competition with the event loop.
@@ -143,12 +153,16 @@ class LoadedModel:
             results = self.session.run(names, feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InferenceError(f"model {self.key} failed: {exc}") from exc
-        y = np.asarray(results[0], dtype=np.float32)
+        k = 1 + len(self.extra_outputs)
+        if k == 1:
+            y = np.asarray(results[0], dtype=np.float32)
+        else:  # a probabilistic model: mean and scale side by side, [.., 2 * out]
+            y = np.concatenate([np.asarray(r, dtype=np.float32) for r in results[:k]], axis=-1)
         if graph.time_major:
             y = y.swapaxes(0, 1)
         finals = {
             name: np.asarray(arr, dtype=np.float32).transpose(to_batch)
-            for (name, _, _, to_batch), arr in zip(layout, results[1:], strict=True)
+            for (name, _, _, to_batch), arr in zip(layout, results[k:], strict=True)
         }
         return y, finals
 
@@ -170,6 +184,8 @@ def load_model(stored: StoredVersion, threads: int) -> LoadedModel:
     if m.graph.sequence_lens is not None:
         want_in.add(m.graph.sequence_lens)
     want_out = {m.graph.output, *(s.output for s in m.state)}
+    if m.distribution is not None:
+        want_out.add(m.distribution.scale_output)
     if not want_in <= inputs or not want_out <= outputs:
         raise ModelStoreError(
             f"{stored.onnx_path}: graph tensors {sorted(inputs)} -> {sorted(outputs)} "

@@ -91,7 +91,7 @@ class DataPlane:
         results = await self._run(sequences, owner, model, params, inputs)
         m = model.manifest
         values = {
-            tensors.OUTPUT: tensors.model_outputs(m, results),
+            **tensors.model_outputs(m, results),
             **tensors.state_outputs(m, [r.state for r in results]),
         }
         return InferResult(model, _select_outputs(model, request, values))

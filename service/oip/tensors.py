@@ -8,12 +8,17 @@ Every model shows the same names, whatever its ONNX graph calls its tensors:
 - ``OUTPUT``: FP32 ``[batch, time, O]`` regression outputs in data units, or for text
   models FP32 ``[batch, time, V]`` next-token probabilities (softmax of the logits;
   index ``i`` is the vocabulary's ``i``-th character).
+- ``SCALE`` and ``QUANTILES``, probabilistic forecasters only: FP32 ``[batch, time, O]``,
+  each output's scale (for ``gaussian`` its standard deviation; ``OUTPUT`` is the mean), and
+  FP32 ``[batch, time, L, O]``, its quantiles at the ``L`` levels the model's configuration
+  lists (parameter ``quantiles``), in data units.
 - ``STATE_H`` (and ``STATE_C`` for LSTMs): FP32 ``[batch, layers, hidden]``, optional
   inputs to start from an explicit state and outputs with the state after the last step.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +26,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.inference.runner import SeqResult
+from service.models import distribution
 from service.models.encoding import encode_text, in_data_units, softmax
 from service.models.manifest import FeaturesInput, Manifest, RegressionOutput, TextInput
 from service.models.output_size import (
@@ -33,6 +39,8 @@ from service.oip.messages import InferRequest, InputTensor
 
 INPUT = "INPUT"
 OUTPUT = "OUTPUT"
+SCALE = "SCALE"
+QUANTILES = "QUANTILES"
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -41,7 +49,24 @@ def state_tensor_name(state_name: str) -> str:
 
 
 def output_names(manifest: Manifest) -> list[str]:
-    return [OUTPUT, *(state_tensor_name(s.name) for s in manifest.state)]
+    return [
+        OUTPUT,
+        *_distribution_names(manifest),
+        *(state_tensor_name(s.name) for s in manifest.state),
+    ]
+
+
+def _distribution_names(manifest: Manifest) -> list[str]:
+    return [] if manifest.distribution is None else [SCALE, QUANTILES]
+
+
+def _distribution_dims(manifest: Manifest) -> list[tuple[str, list[int]]]:
+    """``SCALE`` and ``QUANTILES`` with their per-step dims (after batch and time)."""
+    d = manifest.distribution
+    if d is None:
+        return []
+    size = manifest.output.size
+    return [(SCALE, [size]), (QUANTILES, [len(d.quantiles), size])]
 
 
 def _input_doc(manifest: Manifest) -> dict[str, Any]:
@@ -67,6 +92,10 @@ def metadata(model: LoadedModel, versions: list[int]) -> dict[str, Any]:
         "inputs": [_input_doc(m), *_state_docs(m)],
         "outputs": [
             {"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1, m.output.size]},
+            *(
+                {"name": n, "datatype": "FP32", "shape": [-1, -1, *dims]}
+                for n, dims in _distribution_dims(m)
+            ),
             *_state_docs(m),
         ],
     }
@@ -105,6 +134,10 @@ def config(model: LoadedModel, max_batch: int, idle_seconds: int) -> dict[str, A
         ],
         "output": [
             {"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [-1, m.output.size]},
+            *(
+                {"name": n, "data_type": "TYPE_FP32", "dims": [-1, *dims]}
+                for n, dims in _distribution_dims(m)
+            ),
             *({k: v for k, v in s.items() if k != "optional"} for s in state),
         ],
         "sequence_batching": {
@@ -122,7 +155,18 @@ def config(model: LoadedModel, max_batch: int, idle_seconds: int) -> dict[str, A
         "parameters": {
             "task": {"string_value": m.task},
             "cell": {"string_value": m.cell},
+            **_distribution_parameters(m),
         },
+    }
+
+
+def _distribution_parameters(manifest: Manifest) -> dict[str, dict[str, str]]:
+    d = manifest.distribution
+    if d is None:
+        return {}
+    return {
+        "distribution": {"string_value": d.family},
+        "quantiles": {"string_value": ",".join(d.levels)},
     }
 
 
@@ -241,6 +285,8 @@ def response_bytes(manifest: Manifest, inputs: ModelInputs, request: InferReques
     steps = sum(len(s) for s in inputs.seqs)
     batch = len(inputs.seqs)
     values = {OUTPUT: steps * output_values_per_step(manifest)}
+    for name, dims in _distribution_dims(manifest):
+        values[name] = steps * math.prod(dims)
     for name, n in state_values_per_sequence(manifest).items():
         values[state_tensor_name(name)] = batch * n
     default_binary = request.binary_output_default
@@ -256,14 +302,23 @@ def response_bytes(manifest: Manifest, inputs: ModelInputs, request: InferReques
     )
 
 
-def model_outputs(manifest: Manifest, results: list[SeqResult]) -> np.ndarray:
-    """Per-sequence runner results → ``OUTPUT`` ``[batch, time, O]``."""
-    spec = manifest.output
-    if isinstance(spec, RegressionOutput):
-        wire = [in_data_units(spec, r.outputs, r.wire) for r in results]
-        return np.stack(wire).astype(np.float32, copy=False)
+def model_outputs(manifest: Manifest, results: list[SeqResult]) -> dict[str, np.ndarray]:
+    """Per-sequence runner results → ``OUTPUT`` ``[batch, time, O]`` (and a probabilistic
+    model's ``SCALE`` and ``QUANTILES``)."""
+    if isinstance(manifest.output, RegressionOutput):
+        wire = np.stack([in_data_units(manifest, r.outputs, r.wire) for r in results])
+        wire = wire.astype(np.float32, copy=False)
+        d = manifest.distribution
+        if d is None:
+            return {OUTPUT: wire}
+        mean, scale = distribution.split(wire)
+        return {
+            OUTPUT: np.ascontiguousarray(mean),
+            SCALE: np.ascontiguousarray(scale),
+            QUANTILES: distribution.quantiles(d, wire),
+        }
     y = np.stack([r.outputs for r in results]).astype(np.float32, copy=False)
-    return softmax(y).astype(np.float32)
+    return {OUTPUT: softmax(y).astype(np.float32)}
 
 
 def state_outputs(manifest: Manifest, states: list[State]) -> dict[str, np.ndarray]:

@@ -44,6 +44,9 @@ class GraphPorts:
     sequence_lens: str | None = None
     """A graph input taking each sequence's length (int32 ``[batch]``), filled with the full
     length of every run."""
+    extra_outputs: tuple[str, ...] = ()
+    """Further per-step data outputs shaped like ``output`` (a likelihood head's scale):
+    checked with it, joined to it along the last axis."""
 
 
 def ort_session(onnx_bytes: bytes) -> ort.InferenceSession:
@@ -57,7 +60,8 @@ def ort_session(onnx_bytes: bytes) -> ort.InferenceSession:
 def run_graph(
     session: ort.InferenceSession, ports: GraphPorts, data: Array, states: Sequence[Array]
 ) -> tuple[Array, list[Array]]:
-    """One run: returns the data output and the new states (in ``ports.states`` order)."""
+    """One run: returns the data output (with any ``extra_outputs`` joined to it) and the
+    new states (in ``ports.states`` order)."""
     feeds: dict[str, Array] = {ports.input: data}
     if ports.sequence_lens is not None:
         batch_axis = 1 - ports.time_axis
@@ -66,9 +70,12 @@ def run_graph(
         )
     for port, value in zip(ports.states, states, strict=True):
         feeds[port.input] = value
-    names = [ports.output, *(p.output for p in ports.states)]
-    outputs = session.run(names, feeds)
-    return np.asarray(outputs[0]), [np.asarray(o) for o in outputs[1:]]
+    data_names = [ports.output, *ports.extra_outputs]
+    names = [*data_names, *(p.output for p in ports.states)]
+    outputs = [np.asarray(o) for o in session.run(names, feeds)]
+    k = len(data_names)
+    y = outputs[0] if k == 1 else np.concatenate(outputs[:k], axis=-1)
+    return y, outputs[k:]
 
 
 def step_vs_whole(

@@ -25,7 +25,7 @@ def record_fits(rec: SessionRecord, model: LoadedModel) -> bool:
         arr = state.get(spec.name)
         if arr is None or list(arr.shape) != spec.shape:
             return False
-    size = model.manifest.output.size
+    size = model.manifest.output_width
     if rec.last_output is not None and rec.last_output.shape != (size,):
         return False
     last = rec.last

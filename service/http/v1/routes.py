@@ -29,7 +29,15 @@ from service.http.v1.schemas import (
     request_body,
 )
 from service.http.v1.session_codec import session_view
-from service.inference.generation import GenStep, Rollout, check_generate_options, rollout
+from service.inference.generation import (
+    GenerateOptions,
+    GenStep,
+    Rollout,
+    check_generate_options,
+    collect,
+    rollout,
+)
+from service.models.distribution import sequence_view
 from service.models.encoding import decode_sequence, parse_body_inputs
 from service.models.manifest import TextInput, is_version_number
 from service.models.output_size import v1_generated_step_bytes, v1_outputs_bytes
@@ -136,6 +144,8 @@ def _options(body: GenerateBody | SessionGenerateBody) -> dict[str, Any]:
         "temperature": body.temperature,
         "top_k": body.top_k,
         "seed": body.seed,
+        "samples": body.samples,
+        "return_paths": body.return_paths,
     }
 
 
@@ -185,17 +195,17 @@ async def predict(core: Core, owner: Owner, name: str, body: Predict) -> Respons
     )
     check_output_budget(estimate, settings.max_response_bytes, "this prediction")
     results = await core.runner.run(model, seqs)
-    outputs = [
-        decode_sequence(model.manifest, r.outputs, mode, settings.top_k_default, r.wire)
-        for r in results
-    ]
-    return json_response(
-        {
-            "model": model.name,
-            "version": model.version,
-            "outputs": outputs if batched else outputs[0],
-        }
-    )
+    m = model.manifest
+    outputs = [decode_sequence(m, r.outputs, mode, settings.top_k_default, r.wire) for r in results]
+    out: dict[str, Any] = {
+        "model": model.name,
+        "version": model.version,
+        "outputs": outputs if batched else outputs[0],
+    }
+    if m.distribution is not None:
+        views = [sequence_view(m, r.outputs, r.wire, mode) for r in results]
+        out["distribution"] = views if batched else views[0]
+    return json_response(out)
 
 
 def _context(
@@ -234,7 +244,7 @@ async def _sse_stream(
         async for step in steps:
             if await request.is_disconnected():
                 return
-            yield _sse("step", {"step": step.index, "output": step.output})
+            yield _sse("step", step.event())
         if result.text:
             end = {**end, "text": result.text}
         yield _sse("end", {**end, "steps": len(result.text) if result.text else end.get("steps")})
@@ -247,8 +257,17 @@ async def _sse_stream(
         await steps.aclose()  # type: ignore[attr-defined]
 
 
-async def _collect(steps: AsyncIterator[GenStep]) -> list[Any]:
-    return [s.output async for s in steps]
+def _generate_options(
+    core: AppState, model: LoadedModel, body: GenerateBody | SessionGenerateBody
+) -> GenerateOptions:
+    """The body's options, checked against the model, the step caps and the output budget."""
+    settings = core.settings
+    opts = check_generate_options(
+        model, _options(body), settings.max_generate_steps, settings.max_batch_sequences
+    )
+    per_step = v1_generated_step_bytes(model.manifest, opts.samples, opts.return_paths)
+    check_output_budget(opts.steps * per_step, settings.max_response_bytes, "this generation")
+    return opts
 
 
 def _generation_response(
@@ -272,12 +291,7 @@ async def generate(
     request: Request, core: Core, owner: Owner, name: str, body: Generate
 ) -> Response:
     model = core.registry.get(name, body.version)
-    opts = check_generate_options(model, _options(body), core.settings.max_generate_steps)
-    check_output_budget(
-        opts.steps * v1_generated_step_bytes(model.manifest),
-        core.settings.max_response_bytes,
-        "this generation",
-    )
+    opts = _generate_options(core, model, body)
     context = _context(model, body, core.settings.max_steps_per_request, required=True)
     stream = body.stream
     result = Rollout(state={}, last_output=np.zeros(0), fed_steps=0)
@@ -286,8 +300,7 @@ async def generate(
     streamed = _generation_response(request, steps, stream, head, result)
     if streamed is not None:
         return streamed
-    outputs = await _collect(steps)
-    out: dict[str, Any] = {"model": model.name, "version": model.version, "outputs": outputs}
+    out: dict[str, Any] = {"model": model.name, "version": model.version, **await collect(steps)}
     if isinstance(model.manifest.input, TextInput):
         out["text"] = result.text
     return json_response(out)
@@ -386,12 +399,7 @@ async def generate_session(
 ) -> Response:
     rec = await core.sessions.get(owner, session_id)
     model = core.sessions.model_of(rec)
-    opts = check_generate_options(model, _options(body), core.settings.max_generate_steps)
-    check_output_budget(
-        opts.steps * v1_generated_step_bytes(model.manifest),
-        core.settings.max_response_bytes,
-        "this generation",
-    )
+    opts = _generate_options(core, model, body)
     context = _context(model, body, core.settings.max_steps_per_request, required=False)
     if context is None and rec.last_output is None:
         raise InvalidInput(
@@ -405,12 +413,11 @@ async def generate_session(
     streamed = _generation_response(request, steps, stream, head, result)
     if streamed is not None:
         return streamed
-    outputs = await _collect(steps)
     out: dict[str, Any] = {
         "id": session_id,
         "model": model.name,
         "version": model.version,
-        "outputs": outputs,
+        **await collect(steps),
     }
     if isinstance(model.manifest.input, TextInput):
         out["text"] = result.text

@@ -60,6 +60,15 @@ class _GenerateOptions(BaseModel):
     top_k: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
     seed: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
     stream: bool = False
+    samples: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = Field(
+        default=None,
+        description="Probabilistic forecasters: sample paths to draw (default 100, at most "
+        "the batch limit); outputs are their mean, fan their quantiles per horizon.",
+    )
+    return_paths: bool = Field(
+        default=False,
+        description="Probabilistic forecasters: also give every sample path (paths).",
+    )
 
 
 class GenerateBody(_GenerateOptions):

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput
+from service.models.distribution import steps_view
 from service.models.encoding import decode_steps, parse_step_inputs
 from service.models.registry import LoadedModel
 from service.sessions.advance import Advance, InputsOf
@@ -66,13 +67,22 @@ def step_outputs(done: Advance, top_k: int) -> list[Any]:
     return decode_steps(done.model.manifest, done.outputs, top_k, done.wire)
 
 
+def step_distributions(done: Advance) -> list[Any] | None:
+    """A probabilistic model's ``distribution`` of each step (None for a point model)."""
+    return steps_view(done.model.manifest, done.outputs, done.wire)
+
+
 def step_response(done: Advance, top_k: int) -> bytes:
-    """The step response (``{"id", "steps", "outputs"}``, and ``"replayed": true``)."""
+    """The step response (``{"id", "steps", "outputs"}``, a probabilistic model's
+    ``distribution``, and ``"replayed": true``)."""
     body: dict[str, Any] = {
         "id": done.session_id,
         "steps": done.steps,
         "outputs": step_outputs(done, top_k),
     }
+    views = step_distributions(done)
+    if views is not None:
+        body["distribution"] = views
     if done.replayed:
         body["replayed"] = True
     return orjson.dumps(body)
