@@ -14,6 +14,7 @@ from service.training.data import Series, load_seattle_daily_temps, load_seattle
 from service.training.networks import Cell
 
 LossWeights = Literal["equal", "variance"]
+Likelihood = Literal["none", "gaussian"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ class ForecastRecipe:
     validate: bool = False
     """Hold out the last ``test_rows`` rows of the training period instead of the tail, and
     drop the tail: the run that every hyperparameter is chosen on."""
+    likelihood: Likelihood = "none"
+    """``gaussian``: a probabilistic forecaster (``service.training.likelihood``) trained by
+    the negative log-likelihood, exporting a mean and a scale per feature; ``none``: a point
+    forecaster trained by squared error."""
 
 
 @dataclass(frozen=True)

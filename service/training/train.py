@@ -11,6 +11,7 @@ from pathlib import Path
 from service.training.forecasting import train_forecaster
 from service.training.language import train_charlm
 from service.training.pipeline import BaselineNotBeaten, Evaluation, TrainResult
+from service.training.probabilistic import train_probabilistic
 from service.training.recipes import ForecastRecipe, Recipe
 
 __all__ = ["BaselineNotBeaten", "Evaluation", "TrainResult", "run_recipe"]
@@ -21,5 +22,7 @@ def run_recipe(
 ) -> TrainResult:
     """Train ``recipe`` and write the next version into ``store`` (None: write nothing)."""
     if isinstance(recipe, ForecastRecipe):
+        if recipe.likelihood != "none":
+            return train_probabilistic(recipe, store, strict, progress)
         return train_forecaster(recipe, store, strict, progress)
     return train_charlm(recipe, store, strict, progress)
