@@ -37,7 +37,7 @@ class GenStep:
     index: int
     output: Any
     """The wire output: ``{"token", "p"}`` for text models, a vector for regression (for a
-    probabilistic forecaster, the mean of the sample paths at this horizon)."""
+    probabilistic forecaster, its mean path's: the mean fed back at every step)."""
     fan: dict[str, list[float]] | None = None
     """Probabilistic forecasters: the paths' quantiles at this horizon, per feature."""
     paths: list[list[float]] | None = None
@@ -152,26 +152,30 @@ async def sample_paths(
     result: Rollout,
     key: str | None,
 ) -> AsyncIterator[GenStep]:
-    """A probabilistic forecaster's roll-out: ``opts.samples`` paths from ``state``, each
-    step drawn from the model's distribution (``opts.seed`` seeds the draws) and fed back
-    as that path's next input, all paths run together. ``result`` ends on the first path."""
+    """A probabilistic forecaster's roll-out, all paths run together from ``state``: the
+    mean path (each step's mean fed back, exactly as a point model's roll-out: the step's
+    ``output``, and where ``result`` ends) and ``opts.samples`` sample paths (each step
+    drawn from the model's distribution, seeded by ``opts.seed``, and fed back as that
+    path's next input), whose quantiles are the step's ``fan``."""
     m = model.manifest
     d = m.distribution
     assert d is not None and isinstance(m.output, RegressionOutput)
     rng = np.random.default_rng(opts.seed)
-    n = opts.samples
+    n = 1 + opts.samples
     states = [state] * n
     last = np.broadcast_to(last_output, (n, last_output.shape[-1]))
+    feed = m.feedback.output_index
     for i in range(opts.steps):
-        draws = distribution.draw(d, denormalise(m.output, last, True), rng)
-        paths = draws.astype(np.float32)
+        wire = denormalise(m.output, last, True)
+        mean, _ = distribution.split(wire[:1])
+        draws = distribution.draw(d, wire[1:], rng).astype(np.float32)
         yield GenStep(
             i,
-            draws.mean(axis=0).astype(np.float32).tolist(),
-            distribution.fan(d, paths),
-            paths.tolist() if opts.return_paths else None,
+            mean[0].tolist(),
+            distribution.fan(d, draws),
+            draws.tolist() if opts.return_paths else None,
         )
-        nxt = paths[:, m.feedback.output_index]  # data units, as a client would send
+        nxt = np.concatenate([mean, draws])[:, feed]  # data units, as a client would send
         results = await runner.run(model, [row[None, :] for row in nxt], states, key=key)
         states = [r.state for r in results]
         last = np.stack([r.outputs[-1] for r in results])

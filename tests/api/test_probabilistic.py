@@ -142,7 +142,11 @@ async def test_generate_draws_seeded_paths_and_their_fan(pclient: httpx.AsyncCli
     assert set(first) == {"model", "version", "outputs", "fan", "paths"}
     paths = np.asarray(first["paths"])
     assert paths.shape == (8, 5, 3)
-    np.testing.assert_allclose(first["outputs"], paths.mean(axis=0), atol=1e-4)
+    # outputs: the mean path, as a point model's roll-out (each step's mean fed back)
+    mean_path = await pclient.post(
+        "/v1/models/tiny_prob/predict", json={"inputs": SEQ + first["outputs"], "return": "all"}
+    )
+    np.testing.assert_allclose(first["outputs"], mean_path.json()["outputs"][3:8], atol=1e-5)
     assert len(first["fan"]) == 5
     for h, fan in enumerate(first["fan"]):
         q = np.asarray([fan[k] for k in LEVELS])
@@ -175,7 +179,7 @@ async def test_generate_bounds_the_paths(pclient: httpx.AsyncClient) -> None:
     assert r.status_code == 422
 
 
-async def test_session_generate_advances_along_the_first_path(
+async def test_session_generate_advances_along_the_mean_path(
     pclient: httpx.AsyncClient,
 ) -> None:
     sid = (await pclient.post("/v1/sessions", json={"model": "tiny_prob"})).json()["id"]
@@ -184,8 +188,8 @@ async def test_session_generate_advances_along_the_first_path(
     r = await pclient.post(f"/v1/sessions/{sid}/generate", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["session_steps"] == len(SEQ) + 3
-    first = r.json()["paths"][0]
-    # the session now stands where a client stepping the context and path 0 would
+    first = r.json()["outputs"]
+    # the session now stands where a client stepping the context and the outputs would
     assert (await pclient.get(f"/v1/sessions/{sid}")).json()["steps"] == len(SEQ) + 3
     step = await pclient.post(f"/v1/sessions/{sid}/step", json={"inputs": [SEQ[0]]})
     whole = await pclient.post(
