@@ -19,7 +19,15 @@ class Settings(BaseSettings):
     """Directory holding ``<name>/<version>/`` model versions."""
 
     session_store: str = "memory"
-    """``memory`` for in-process sessions, or a ``redis://`` URL to share them across replicas."""
+    """``memory`` for in-process sessions, or a Redis URL to share them across replicas:
+    ``redis://`` (also ``rediss://``, ``unix://``), ``redis+sentinel://host:port,.../service``
+    or ``redis+cluster://host:port,...`` (``service.sessions.redis_connect``)."""
+
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    """With Redis: replicas that must have a session's create or step (Redis ``WAIT``)
+    before it is acknowledged; fewer answers 503 and the client retries. 0: acknowledged
+    once the primary has it (a failover can lose it; the next step then answers 409 with
+    the true step count)."""
 
     session_cache_records: int = Field(default=10_000, ge=0)
     """With Redis: records of sessions this replica wrote recently that it keeps in memory,
@@ -127,8 +135,10 @@ class Settings(BaseSettings):
     @field_validator("session_store")
     @classmethod
     def _store_url(cls, v: str) -> str:
-        if v != "memory" and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be 'memory' or a redis:// URL")
+        if v != "memory":
+            from service.sessions.redis_connect import parse
+
+            parse(v)  # ValueError saying what is wrong
         return v
 
     @property

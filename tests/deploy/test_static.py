@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -214,6 +215,33 @@ def test_compose_schema_rejects_a_broken_file() -> None:
     assert not jsonschema.validators.validator_for(schema)(schema).is_valid(broken)
 
 
+def _compose_default(value: str) -> str:
+    """A compose value as compose reads it with nothing set in the shell
+    (``${VAR:-default}`` is ``default``)."""
+    m = re.fullmatch(r"\$\{[A-Z0-9_]+:-(.*)\}", value)
+    return m.group(1) if m else value
+
+
+def test_compose_cluster_profile_is_a_cluster_the_api_can_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = _compose()["services"]
+    nodes = [n for n, s in services.items() if "cluster" in s.get("profiles", [])]
+    data = [n for n in nodes if n.startswith("redis-node-")]
+    assert len(data) == 6
+    for name in data:
+        cmd = services[name]["command"]
+        assert cmd[cmd.index("--cluster-enabled") + 1] == "yes"
+        assert cmd[cmd.index("--cluster-require-full-coverage") + 1] == "no"
+    init = " ".join(services["redis-cluster-init"]["command"])
+    assert "--cluster-replicas 1" in init and "--cluster create" in init
+    assert set(services["redis-cluster-init"]["depends_on"]) == set(data)
+    url = "redis+cluster://redis-node-1:6379,redis-node-2:6379"
+    assert url in (REPO / "docker-compose.yml").read_text()
+    monkeypatch.setenv("LSTM_SERVE_SESSION_STORE", url)
+    assert Settings().session_store == url
+
+
 def test_compose_runs_replicas_on_redis_behind_nginx(monkeypatch: pytest.MonkeyPatch) -> None:
     services = _compose()["services"]
     assert {n for n, s in services.items() if "profiles" not in s} == {"redis", "api", "nginx"}
@@ -223,7 +251,7 @@ def test_compose_runs_replicas_on_redis_behind_nginx(monkeypatch: pytest.MonkeyP
     assert (REPO / api["build"]["context"] / api["build"]["dockerfile"]).resolve() == (
         DEPLOY / "Dockerfile"
     )
-    env = api["environment"]
+    env = {k: _compose_default(v) for k, v in api["environment"].items()}
     assert env["LSTM_SERVE_SESSION_STORE"] == "redis://redis:6379/0"
     assert set(env) <= SETTING_VARS
     for key, value in env.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -33,6 +33,8 @@ class Cluster:
     redis_url: str
     grpc_ports: list[int] | None = None
     """Each replica's gRPC port, where they serve gRPC."""
+    env: Mapping[str, str] | None = None
+    """Settings every replica gets besides the store's URL."""
 
     @property
     def url(self) -> str:
@@ -57,7 +59,9 @@ class Cluster:
         """Bring replica ``index`` back on its port (after it was stopped or killed)."""
         old = self.replicas[index]
         grpc_port = self.grpc_ports[index] if self.grpc_ports else None
-        self.replicas[index] = start_replica(self.log_dir, self.redis_url, old.port, grpc_port)
+        self.replicas[index] = start_replica(
+            self.log_dir, self.redis_url, old.port, grpc_port, self.env
+        )
         return self.replicas[index]
 
     def wait_in_rotation(self, index: int, timeout: float = 30.0) -> None:
@@ -80,7 +84,10 @@ class Cluster:
 
 
 def clean_redis(url: str) -> None:
-    """Delete the service's keys (default prefix ``lstm:``) from the database in ``url``."""
+    """Delete the service's keys (default prefix ``lstm:``) from the database in ``url``
+    (one Redis; a cluster or sentinel set is the test's own, started for it)."""
+    if url.startswith("redis+"):
+        return
     client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match="lstm:*", count=1000))
@@ -91,9 +98,14 @@ def clean_redis(url: str) -> None:
 
 
 def start_replica(
-    log_dir: Path, redis_url: str, port: int | None = None, grpc_port: int | None = None
+    log_dir: Path,
+    redis_url: str,
+    port: int | None = None,
+    grpc_port: int | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> Server:
     env = {"LSTM_SERVE_SESSION_STORE": redis_url, "LSTM_SERVE_REQUEST_LOG": "false"}
+    env.update(extra or {})
     if grpc_port is not None:
         env["LSTM_SERVE_GRPC_PORT"] = str(grpc_port)
     return start_server(env, log_dir, port=port, ready_timeout=60)
@@ -101,9 +113,14 @@ def start_replica(
 
 @contextmanager
 def running_cluster(
-    redis_url: str, workdir: Path, n_replicas: int = 3, grpc: bool = False
+    redis_url: str,
+    workdir: Path,
+    n_replicas: int = 3,
+    grpc: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    """``n_replicas`` servers on ``redis_url`` behind nginx; Redis keys cleaned on both ends."""
+    """``n_replicas`` servers on ``redis_url`` behind nginx (``env``: settings of each);
+    Redis keys cleaned on both ends."""
     clean_redis(redis_url)
     log_dir = workdir / "replicas"
     nginx_dir = workdir / "nginx"
@@ -114,7 +131,7 @@ def running_cluster(
         replicas = list(
             pool.map(
                 lambda i: start_replica(
-                    log_dir, redis_url, grpc_port=grpc_ports[i] if grpc_ports else None
+                    log_dir, redis_url, grpc_port=grpc_ports[i] if grpc_ports else None, extra=env
                 ),
                 range(n_replicas),
             )
@@ -129,7 +146,7 @@ def running_cluster(
             grpc_port=free_port() if grpc else None,
             grpc_upstream_ports=grpc_ports,
         ) as nginx:
-            cluster = Cluster(replicas, nginx, log_dir, redis_url, grpc_ports)
+            cluster = Cluster(replicas, nginx, log_dir, redis_url, grpc_ports, env)
             yield cluster
     finally:
         for r in cluster.replicas if cluster is not None else replicas:

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import Client, RetryPolicy, Session
+from service.client import Client, OffsetConflict, RetryPolicy, Session
 from tests.e2e.cluster import Cluster, running_cluster, sequence
 from tests.redis_process import RedisProcess
 
@@ -50,10 +50,14 @@ PATIENT = RetryPolicy(attempts=80, backoff=0.02, max_backoff=0.25)
 class CountingTransport(httpx.BaseTransport):
     """Counts what the client had to retry: transport errors and 429/5xx answers."""
 
-    def __init__(self, counts: Counter[str], lock: threading.Lock) -> None:
+    def __init__(
+        self, counts: Counter[str], lock: threading.Lock, failed_at: list[float] | None = None
+    ) -> None:
         self.inner = httpx.HTTPTransport()
         self.counts = counts
         self.lock = lock
+        self.failed_at = failed_at if failed_at is not None else []
+        """When each retried request failed (``time.monotonic()``)."""
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -61,10 +65,12 @@ class CountingTransport(httpx.BaseTransport):
         except httpx.TransportError as exc:
             with self.lock:
                 self.counts[type(exc).__name__] += 1
+                self.failed_at.append(time.monotonic())
             raise
         if resp.status_code == 429 or resp.status_code >= 500:
             with self.lock:
                 self.counts[f"http_{resp.status_code}"] += 1
+                self.failed_at.append(time.monotonic())
         return resp
 
     def close(self) -> None:
@@ -82,6 +88,10 @@ class Stepper:
     outputs: list[list[float]] = field(default_factory=list)
     replayed: int = 0
     error: BaseException | None = None
+    resend_lost: bool = False
+    """On a 409 whose true step count is below the steps acknowledged (steps lost in a
+    Redis failover), count them in ``lost`` and send them again; else such a 409 fails."""
+    lost: int = 0
 
     def run(self, stop: threading.Event) -> None:
         size = 1
@@ -89,7 +99,15 @@ class Stepper:
             while not stop.is_set() and self.acked < len(self.inputs):
                 a = self.acked
                 b = min(len(self.inputs), a + size)
-                result = self.session.step(self.inputs[a:b])
+                try:
+                    result = self.session.step(self.inputs[a:b])
+                except OffsetConflict as exc:
+                    if not self.resend_lost or exc.steps is None or exc.steps >= a:
+                        raise
+                    self.lost += a - exc.steps
+                    self.acked = self.session.steps = exc.steps
+                    del self.outputs[exc.steps :]
+                    continue
                 if result.steps != b or len(result.outputs) != b - a:
                     raise AssertionError(f"step at offset {a} answered {result.raw}")
                 self.outputs += result.outputs
@@ -106,6 +124,8 @@ class Load:
     counts: Counter[str]
     stop: threading.Event
     threads: list[threading.Thread]
+    failed_at: list[float] = field(default_factory=list)
+    """When each request the clients retried failed (``time.monotonic()``)."""
 
     def acked(self) -> int:
         return sum(s.acked for s in self.steppers)
@@ -136,24 +156,23 @@ class Load:
 
 
 @contextmanager
-def stepping(url: str, clients: int = CLIENTS) -> Iterator[Load]:
+def stepping(url: str, clients: int = CLIENTS, resend_lost: bool = False) -> Iterator[Load]:
     """``clients`` threads stepping their own sessions through ``url`` until ``finish()``."""
     counts: Counter[str] = Counter()
+    failed_at: list[float] = []
     lock = threading.Lock()
     steppers: list[Stepper] = []
     try:
         for i in range(clients):
-            client = Client(
-                url, timeout=10.0, retry=PATIENT, transport=CountingTransport(counts, lock)
-            )
-            steppers.append(
-                Stepper(client, client.session(MODEL), sequence(MAX_STEPS, FEATURES, 1000 + i))
-            )
+            transport = CountingTransport(counts, lock, failed_at)
+            client = Client(url, timeout=10.0, retry=PATIENT, transport=transport)
+            inputs = sequence(MAX_STEPS, FEATURES, 1000 + i)
+            steppers.append(Stepper(client, client.session(MODEL), inputs, resend_lost=resend_lost))
         stop = threading.Event()
         threads = [threading.Thread(target=s.run, args=(stop,), daemon=True) for s in steppers]
         for t in threads:
             t.start()
-        load = Load(steppers, counts, stop, threads)
+        load = Load(steppers, counts, stop, threads, failed_at)
         try:
             yield load
         finally:
