@@ -14,6 +14,7 @@ from service.training.data import Series, load_seattle_daily_temps, load_seattle
 from service.training.networks import Cell
 
 LossWeights = Literal["equal", "variance"]
+HighwayInit = Literal["zero", "least_squares"]
 Likelihood = Literal["none", "gaussian"]
 
 
@@ -43,6 +44,10 @@ class ForecastRecipe:
     seed: int = 0
     highway: bool = False
     """Add a linear map of the current input to the output (see ``Forecaster``)."""
+    highway_init: HighwayInit = "zero"
+    """``least_squares``: start the highway at the linear AR(1) fitted by least squares on the
+    training rows and the recurrent head at zero, so training starts from the linear forecast
+    and the recurrent layers learn what it misses (``forecasting.start_from_linear``)."""
     dropout: float = 0.0
     weight_decay: float = 0.0
     loss_weights: LossWeights = "equal"
@@ -117,8 +122,9 @@ RECIPES: dict[str, Recipe] = {
         name="temps_gru",
         description=(
             "Daily Seattle maximum and minimum temperature (°C), 2012-2015: a GRU predicting "
-            "the next day's temp_max and temp_min. Autoregressive: generate feeds each "
-            "predicted day back as the next input."
+            "a Gaussian for the next day's temp_max and temp_min (mean and spread, so "
+            "quantiles). Autoregressive: generate feeds each predicted day back as the next "
+            "input and draws sample paths through the GRU's state."
         ),
         cell="gru",
         load=load_seattle_daily_temps,
@@ -132,6 +138,7 @@ RECIPES: dict[str, Recipe] = {
         seasonal_lag=365,
         burn_in=14,
         windows_per_epoch=128,
+        likelihood="gaussian",
     ),
     "pydoc_char_lstm": CharLMRecipe(
         name="pydoc_char_lstm",
