@@ -49,6 +49,23 @@ def loss_weights(recipe: ForecastRecipe, std: Floats) -> torch.Tensor:
     return torch.from_numpy(w.astype(np.float32))
 
 
+def start_from_linear(model: Forecaster, z: torch.Tensor) -> None:
+    """Set the highway to the least-squares AR(1) of the change ``z[t + 1] - z[t]`` on
+    ``z[t]`` (normalised rows, all features jointly) and the recurrent head to zero: the
+    network then starts as the linear autoregression, and training moves it only as far as
+    the recurrent layers improve on it."""
+    if model.highway is None:
+        raise ValueError("highway_init=least_squares needs highway=true")
+    rows = z.numpy().astype(np.float64)
+    design = np.concatenate([rows[:-1], np.ones((len(rows) - 1, 1))], axis=1)
+    solution, *_ = np.linalg.lstsq(design, rows[1:] - rows[:-1], rcond=None)
+    with torch.no_grad():
+        model.highway.weight.copy_(torch.from_numpy(solution[:-1].T.copy()))
+        model.highway.bias.copy_(torch.from_numpy(solution[-1].copy()))
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+
+
 def train_member(
     recipe: ForecastRecipe,
     z: torch.Tensor,
@@ -70,6 +87,8 @@ def train_member(
         highway=recipe.highway,
         dropout=recipe.dropout,
     )
+    if recipe.highway_init == "least_squares":
+        start_from_linear(model, z[:test_start])
     rng = np.random.default_rng(seed)
     last_start = test_start - 1 - recipe.window
     steps_per_epoch = max(recipe.windows_per_epoch // recipe.batch_size, 1)

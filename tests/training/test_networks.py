@@ -12,6 +12,8 @@ import torch
 from service.models.manifest import GraphSpec
 from service.models.store import read_version
 from service.onnx_import.verify import GraphPorts, StatePort, ort_session, step_vs_whole
+from service.training.baselines import fit_linear_ar
+from service.training.forecasting import start_from_linear
 from service.training.networks import Cell, Forecaster, merge_forecasters
 from service.training.pipeline import export_and_verify
 from service.training.rebaseline import add_baselines
@@ -69,6 +71,24 @@ def test_the_highway_starts_at_zero() -> None:
         a = plain.run(x, plain.zero_state(1))[0]
         b = highway.run(x, highway.zero_state(1))[0]
     np.testing.assert_allclose(a.numpy(), b.numpy())
+
+
+def test_a_highway_started_by_least_squares_is_the_linear_ar1() -> None:
+    rng = np.random.default_rng(0)
+    rows = np.zeros((300, 3))
+    for t in range(1, len(rows)):
+        rows[t] = 0.8 * rows[t - 1] + 0.1 * rows[t - 1, ::-1] + rng.standard_normal(3)
+    z = torch.from_numpy(rows.astype(np.float32))
+    torch.manual_seed(0)
+    model = Forecaster("lstm", 3, 4, 2, [0.5, 1.0, 2.0], highway=True)
+    start_from_linear(model, z)
+    with torch.no_grad():
+        pred = model.run(z[None], model.zero_state(1))[0][0].numpy()
+    seen = z.numpy().astype(np.float64)
+    ar = fit_linear_ar(seen, 1, len(rows))
+    np.testing.assert_allclose(pred[:-1], ar.predict(seen, range(len(rows) - 1)), atol=1e-4)
+    with pytest.raises(ValueError, match="highway"):
+        start_from_linear(Forecaster("gru", 3, 4, 1), z)
 
 
 def test_rebaseline_adds_missing_baselines_and_keeps_the_models_figures(tmp_path: Path) -> None:
