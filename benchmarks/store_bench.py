@@ -1,9 +1,12 @@
 """The session store's cost per step, in-process: ``SessionManager.advance`` on each store.
 
-``python -m benchmarks.store_bench [--redis URL] [--seconds S] [--rounds R]``
+``python -m benchmarks.store_bench [--redis URL] [--topologies ...] [--seconds S] [--rounds R]``
 
 Without ``--redis`` it starts a private ``redis-server`` on a free port (nothing on disk)
 and stops it afterwards; it never writes to a Redis it did not start unless given one.
+``--topologies cluster sentinel`` adds a private Redis Cluster (3 primaries, 3 replicas)
+and a primary with one replica behind three sentinels (``tests/redis_topologies.py``), each
+also with ``WAIT 1`` after every write (``cluster+wait1``, ``sentinel+wait1``).
 Coroutines step sessions round-robin through one ``SessionManager`` (the model on a
 thread, as ``LSTM_SERVE_MODEL_PROCESS=false``), at concurrency 1 and 64, the memory store
 and the Redis store taking turns round after round. Per case it prints steps per second,
@@ -19,6 +22,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -62,7 +66,7 @@ class Case:
         rate = self.steps / self.seconds if self.seconds else 0.0
         per = 1e6 / self.steps if self.steps else 0.0
         return (
-            f"{self.store:<7} c{self.concurrency:<4} {rate:>9,.0f} steps/s  "
+            f"{self.store:<14} c{self.concurrency:<4} {rate:>9,.0f} steps/s  "
             f"p50 {statistics.median(lat) * 1e3:7.3f} ms  "
             f"CPU/step: server {self.cpu * per:6.1f} us, redis {self.redis_cpu * per:6.1f} us"
         )
@@ -96,7 +100,9 @@ async def drive(
     case.steps += n
 
 
-async def run(args: argparse.Namespace, url: str) -> None:
+async def run(args: argparse.Namespace, url: str, more: dict[str, str]) -> None:
+    """Memory, the Redis at ``url``, and each of ``more`` (name -> store URL; a name
+    ending in ``+wait1`` waits for one replica after every write)."""
     from service.inference.runner import Runner
     from service.models.registry import ModelRegistry
     from service.sessions.manager import SessionManager
@@ -116,6 +122,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
         "memory": MemoryStore(),
         "redis": RedisStore.from_url(url, prefix=prefix, **args.store_options),
     }
+    for name, other in more.items():
+        wait = 1 if name.endswith("+wait1") else 0
+        stores[name] = RedisStore.from_url(other, prefix=prefix, wait_replicas=wait)
     managers = {k: SessionManager(s, registry, runner, settings) for k, s in stores.items()}
     ids: dict[str, list[str]] = {}
     for name, manager in managers.items():
@@ -131,17 +140,20 @@ async def run(args: argparse.Namespace, url: str) -> None:
             for name, manager in managers.items():
                 case = cases[(name, c)]
                 cpu0 = proc_cpu_seconds(me)
-                r0 = proc_cpu_seconds(rpid) if rpid else 0.0
+                r0 = proc_cpu_seconds(rpid) if rpid and name == "redis" else 0.0
                 await drive(manager, ids[name], x, c, args.seconds / args.rounds, case)
                 case.cpu += proc_cpu_seconds(me) - cpu0
-                if rpid:
+                if rpid and name == "redis":
                     case.redis_cpu += proc_cpu_seconds(rpid) - r0
     for c in args.concurrency:
-        mem, red = cases[("memory", c)], cases[("redis", c)]
+        mem = cases[("memory", c)]
         print(mem.row())
-        print(red.row())
-        ratio = (red.steps / red.seconds) / (mem.steps / mem.seconds)
-        print(f"        c{c:<4} redis / memory throughput {ratio:.2f}")
+        for name in managers:
+            if name == "memory":
+                continue
+            red = cases[(name, c)]
+            ratio = (red.steps / red.seconds) / (mem.steps / mem.seconds)
+            print(f"{red.row()}  {name} / memory {ratio:.2f}")
     await runner.close()
     for s in stores.values():
         await s.close()
@@ -162,20 +174,44 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=512)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument(
+        "--topologies",
+        nargs="*",
+        default=[],
+        choices=["cluster", "sentinel"],
+        help="also a private Redis Cluster and/or Sentinel set, each without and with WAIT 1",
+    )
     args = parser.parse_args(argv)
     args.store_options = {}
-    if args.redis:
-        asyncio.run(run(args, args.redis))
+    if args.redis and not args.topologies:
+        asyncio.run(run(args, args.redis, {}))
         return 0
     sys.path.insert(0, str(REPO))
     from tests.redis_process import start_private_redis
+    from tests.redis_topologies import ClusterProcesses, SentinelProcesses
 
-    server = start_private_redis(databases=1)
-    try:
-        print(f"private redis-server on port {server.port}; load average {os.getloadavg()}")
-        asyncio.run(run(args, server.url))
-    finally:
-        server.kill()
+    started: list[ClusterProcesses | SentinelProcesses] = []
+    more: dict[str, str] = {}
+    server = None if args.redis else start_private_redis(databases=1)
+    with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
+        try:
+            for kind in args.topologies:
+                topo: ClusterProcesses | SentinelProcesses = (
+                    ClusterProcesses(Path(tmp) / kind)
+                    if kind == "cluster"
+                    else SentinelProcesses(Path(tmp) / kind)
+                )
+                started.append(topo)
+                topo.start()
+                more[kind] = more[f"{kind}+wait1"] = topo.url
+            url = args.redis or (server.url if server else "")
+            print(f"redis at {url}; load average {os.getloadavg()}")
+            asyncio.run(run(args, url, more))
+        finally:
+            for topo in started:
+                topo.stop()
+            if server is not None:
+                server.kill()
     return 0
 
 

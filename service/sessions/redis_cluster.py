@@ -42,6 +42,7 @@ import hashlib
 import logging
 import time
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -135,29 +136,21 @@ class RedisClusterStore(RedisStore):
             except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("asking Redis Cluster for its layout failed: %s", exc)
 
-    async def save_many(self, items: Any) -> Any:
-        out = await super().save_many(items)
-        await self._index(
-            [rec for (rec, _), saved in zip(items, out, strict=True) if saved is True]
-        )
-        return out
-
-    async def _index(self, recs: list[SessionRecord]) -> None:
-        """Move the saved sessions' expiries forward in their owners' indexes."""
-        if not recs:
-            return
-        now = self._clock()
-        try:
-            async with self._cluster.pipeline(transaction=False) as pipe:
-                for rec in recs:
-                    okey = self._okey(rec.owner, rec.kind)
-                    ttl_ms, _ = self._expiries(rec, now)
-                    pipe.zadd(okey, {rec.id: rec.expires_at}, gt=True)
-                    pipe.pexpire(okey, ttl_ms, gt=True)
-                replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:  # the saves stand; the index errs long
-            replies = [exc]
-        await self._after_pipeline(replies)
+    def _save_extras(
+        self, items: Sequence[tuple[SessionRecord, int]], now: float
+    ) -> list[tuple[Any, ...]]:
+        """Move each session's expiry forward in its owner's index (``ZADD GT``), in the
+        saves' pipeline: on the owner's shard, in the same round trip. Sent whatever the
+        compare-and-set decides: an expiry moved for a save that lost is another writer's
+        expiry give or take a request, and an id put back after a racing delete only keeps
+        counting until that expiry (towards refusing, never towards exceeding the limit)."""
+        extra: list[tuple[Any, ...]] = []
+        for rec, _ in items:
+            okey = self._okey(rec.owner, rec.kind)
+            ttl_ms, _ = self._expiries(rec, now)
+            extra.append(("ZADD", okey, "GT", repr(rec.expires_at), rec.id))
+            extra.append(("PEXPIRE", okey, ttl_ms, "GT"))
+        return extra
 
     # -- protocol -------------------------------------------------------------------------------
 

@@ -35,15 +35,13 @@ could apply a step twice; the session manager's offsets make the client's retry 
 instead. Dead pooled connections are dropped and reopened by redis-py, so the store
 recovers without a restart when Redis comes back.
 
-Topologies (``service.sessions.redis_connect``): one Redis; a primary found through
-Sentinel (this layout; after a failover new connections go to the new primary); Redis
-Cluster (``service.sessions.redis_cluster``: each session's keys in one slot).
+Topologies (``redis_connect``): one Redis; a primary found through Sentinel (this layout);
+Redis Cluster (``service.sessions.redis_cluster``: each session's keys in one slot).
 
-Durability: with ``wait_replicas`` N > 0, every create and save is followed, on the same
-connection, by ``WAIT N``; the write is acknowledged only if N replicas have it, else it is
-``StoreUnavailable`` (applied or not, as a timeout is). Without it, a failover can lose
-writes the old primary acknowledged; a lost step is never silent: the session's step count
-is lower than the client's offset, so its next step answers 409 with the true count.
+Durability: with ``wait_replicas`` N, each create and save is followed by ``WAIT N`` on
+its connection; fewer acks is ``StoreUnavailable`` (applied or not, as a timeout). Without
+it a failover can lose acknowledged steps, never silently: the step count is then below
+the client's offset, so its next step answers 409 with the true count.
 """
 
 from __future__ import annotations
@@ -284,8 +282,11 @@ class RedisStore:
             head = f"{expected} {incarnation(rec)} {rec.expires_at!r} {ttl_ms} {tomb_ms}"
             args = [head, rec.id, rec.owner, *packed(record_fields(rec))]
             calls.append((self._session_keys(rec), args))
+        extra = self._save_extras(items, now)
         try:
-            replies = await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls)
+            replies = await self._eval_many(
+                "save", redis_scripts.SAVE, self._save_sha, calls, extra
+            )
         except StoreUnavailable as exc:  # applied or not: the copies are no longer known
             for rec, _ in items:
                 self._cache.drop(rec.id)
@@ -305,13 +306,23 @@ class RedisStore:
                 self._cache.drop(rec.id)
         return out
 
-    async def _eval_many(self, op: str, script: str, sha: str, calls: list[Call]) -> list[Any]:
+    def _save_extras(
+        self, items: Sequence[tuple[SessionRecord, int]], now: float
+    ) -> list[tuple[Any, ...]]:
+        """Commands sent in the saves' pipeline besides the scripts (Redis Cluster: the
+        owner indexes' expiries)."""
+        return []
+
+    async def _eval_many(
+        self, op: str, script: str, sha: str, calls: list[Call], extra: Sequence[Any] = ()
+    ) -> list[Any]:
         """The replies of ``EVALSHA`` calls sent as one pipeline (error replies as
-        exceptions in the list); a Redis that lost its scripts (restarted) gets the script
-        again and the calls it refused are sent again (refused, they did nothing)."""
+        exceptions in the list), with the ``extra`` commands after them (their replies
+        only checked for an outage); a Redis that lost its scripts (restarted) gets the
+        script again and the calls it refused are sent again (they did nothing)."""
         with translated(op):
             try:
-                replies = await self._evalsha(sha, calls)
+                replies = await self._evalsha(sha, calls, extra)
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:
                     await self._redis.script_load(script)
@@ -324,10 +335,10 @@ class RedisStore:
         await self._after_pipeline(replies)
         return replies
 
-    async def _evalsha(self, sha: str, calls: list[Call]) -> list[Any]:
+    async def _evalsha(self, sha: str, calls: list[Call], extra: Sequence[Any] = ()) -> list[Any]:
         """The calls' replies; with ``wait_replicas``, a call whose write no ``WAIT`` after
         it confirmed on enough replicas answers a timeout instead."""
-        if len(calls) == 1 and not self.wait_replicas:  # no pipeline object for one call
+        if len(calls) == 1 and not self.wait_replicas and not extra:  # one call, no pipeline
             keys, args = calls[0]
             try:
                 return [await self._redis.evalsha(sha, len(keys), *keys, *args)]
@@ -336,10 +347,13 @@ class RedisStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            for command in extra:
+                pipe.execute_command(*command)
             waits = self._queue_waits(pipe, calls) if self.wait_replicas else []
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         n = len(calls)
-        for (covered, _), acked in zip(waits, replies[n:], strict=True):
+        await self._after_pipeline(replies[n : n + len(extra)])
+        for (covered, _), acked in zip(waits, replies[n + len(extra) :], strict=True):
             if isinstance(acked, int) and acked >= self.wait_replicas:
                 continue
             short = RedisTimeout(f"WAIT {self.wait_replicas}: {acked!r} replicas acknowledged")

@@ -168,7 +168,7 @@ def test_overview_plots_gain_points_while_a_client_steps(browser: Browser, serve
 
     def client() -> None:
         with httpx.Client(base_url=server.url, timeout=10) as c:
-            sid = c.post("/v1/sessions", json={"model": "temps_gru"}).json()["id"]
+            sid = c.post("/v1/sessions", json={"model": "temps_gru", "version": 1}).json()["id"]
             while not stop.is_set():
                 c.post(f"/v1/sessions/{sid}/step", json={"inputs": [[10.0, 4.0]]})
             c.delete(f"/v1/sessions/{sid}")
@@ -233,7 +233,7 @@ def test_forecast_draws_each_streamed_day_and_the_rollout(browser: Browser, serv
     rows = sample["values"][start : start + days]
     drawn = w.page.evaluate("() => document.getElementById('fc-plot-0').data[1].y")
     with httpx.Client(base_url=server.url, timeout=10) as c:
-        sid = c.post("/v1/sessions", json={"model": "temps_gru"}).json()["id"]
+        sid = c.post("/v1/sessions", json={"model": "temps_gru", "version": 1}).json()["id"]
         outputs = c.post(f"/v1/sessions/{sid}/step", json={"inputs": rows}).json()["outputs"]
         rolled = c.post(f"/v1/sessions/{sid}/generate", json={"steps": rollout}).json()
         c.delete(f"/v1/sessions/{sid}")
