@@ -94,7 +94,7 @@ def test_a_highway_started_by_least_squares_is_the_linear_ar1() -> None:
 
 def test_rebaseline_adds_missing_baselines_and_keeps_the_models_figures(tmp_path: Path) -> None:
     # a point forecaster (a probabilistic one's calibration figures name the AR too)
-    recipe = dataclasses.replace(tiny("temps_gru"), likelihood="none")
+    recipe = dataclasses.replace(tiny("temps_gru"), likelihood="none")  # type: ignore[arg-type]
     result = run_recipe(recipe, tmp_path, progress=False)
     assert result.path is not None
     path = result.path / "manifest.json"
