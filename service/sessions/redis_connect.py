@@ -133,6 +133,7 @@ def connect(
             sentinel_kwargs={
                 "socket_timeout": socket_timeout,
                 "socket_connect_timeout": connect_timeout,
+                "retry": Retry(NoBackoff(), 0),
             },
         )
         primary: aioredis.Redis = sentinel.master_for(

@@ -19,6 +19,7 @@ from redis.exceptions import (
     ConnectionError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TimeoutError,
@@ -54,7 +55,8 @@ def is_outage(exc: BaseException) -> bool:
         | ReadOnlyError
         | OutOfMemoryError
         | TryAgainError
-        | ClusterDownError,
+        | ClusterDownError
+        | RedisClusterException,  # no node of a Redis Cluster reachable, a slot unserved
     ):
         return True
     if isinstance(exc, ResponseError):
@@ -84,7 +86,7 @@ def translated(op: str, session_id: str | None = None) -> Iterator[None]:
     """Raise Redis and socket errors inside the block as the core's errors."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise core_error(op, exc, session_id) from exc
 
 

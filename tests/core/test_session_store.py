@@ -474,8 +474,14 @@ async def _timed_unavailable(op: Awaitable[object]) -> float:
 
 
 @pytest.mark.redis
-async def test_nothing_listening_answers_unavailable_quickly() -> None:
-    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:{port}/0", "redis+cluster://127.0.0.1:{port}",
+     "redis+sentinel://127.0.0.1:{port},127.0.0.1:{port}/mymaster"],
+    ids=["redis", "cluster", "sentinel"],
+)  # fmt: skip
+async def test_nothing_listening_answers_unavailable_quickly(url: str) -> None:
+    store = RedisStore.from_url(url.format(port=free_port()))
     try:
         assert await _timed_unavailable(store.ping()) < 1.0
         assert await _timed_unavailable(store.load("x")) < 1.0
