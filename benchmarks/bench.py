@@ -249,7 +249,7 @@ def grpc_cases(
     caller, one request in flight per stream), at each concurrency."""
     for c in args.concurrency:
         doc = grpc_load(grpc_port, model, "infer", c, seconds, predict_body, args.sessions)
-        record(_result("service", "grpc ModelInfer (24 steps)", c, doc))
+        record(_result("service", "grpc infer (24 steps)", c, doc))
     for c in args.concurrency:
         doc = grpc_load(grpc_port, model, "stream", c, seconds, step_body, args.sessions)
         record(_result("service", "grpc stream step", c, doc))

