@@ -240,6 +240,8 @@ def test_forecast_draws_each_streamed_day_and_the_rollout(browser: Browser, serv
     assert drawn == pytest.approx([o[0] for o in outputs], abs=1e-4)
     drawn_rollout = w.page.evaluate("() => document.getElementById('fc-plot-0').data[2].y")
     assert drawn_rollout == pytest.approx([o[0] for o in rolled["outputs"]], abs=1e-4)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    w.page.screenshot(path=str(ARTIFACTS / "forecast-streamed-1280.png"), full_page=True)
     w.clean()
     w.page.context.close()
 
@@ -294,6 +296,8 @@ def test_text_playground_streams_what_generate_gives(browser: Browser, server: S
     assert len(streamed) == options["steps"]
     w.page.hover("#tx-output .tok[data-step='3']")
     assert w.page.locator("#tx-step table.top tr").count() == 5  # that step's top tokens
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    w.page.screenshot(path=str(ARTIFACTS / "text-streamed-1280.png"), full_page=True)
     w.clean()
     w.page.context.close()
 
