@@ -77,6 +77,7 @@ class RedisClusterStore(RedisStore):
         self._reserve = client.register_script(redis_scripts.RESERVE)
         self._lives = [f"{self.prefix}{{{b:02x}}}live" for b in range(BUCKETS)]
         self._relayout = asyncio.Lock()
+        self._summing: asyncio.Future[tuple[int, int]] | None = None
         self._relayout_at = -RELAYOUT_SECONDS
 
     @property
@@ -195,7 +196,13 @@ class RedisClusterStore(RedisStore):
 
     async def _sweep_and_count(self) -> tuple[int, int]:
         """Empty every bucket of expired ids (each counted as gone once), then the live
-        sessions left: one pipeline."""
+        sessions left: one pipeline, shared by the callers that ask while it runs (parallel
+        creates check one sum)."""
+        if self._summing is None or self._summing.done():
+            self._summing = asyncio.ensure_future(self._sum_buckets())
+        return await asyncio.shield(self._summing)
+
+    async def _sum_buckets(self) -> tuple[int, int]:
         now = self._clock()
         with translated("sweep"):
             async with self._cluster.pipeline(transaction=False) as pipe:
