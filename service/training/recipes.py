@@ -103,9 +103,8 @@ RECIPES: dict[str, Recipe] = {
         description=(
             "Daily Seattle weather (precipitation mm, temp_max °C, temp_min °C, wind m/s), "
             "2012-2015: a 2-layer LSTM predicting the next day's four values, with a linear "
-            "highway started at the least-squares AR(1); five seeds averaged, merged into one "
-            "LSTM with block-diagonal weights. Autoregressive: generate feeds each predicted "
-            "day back as the next input."
+            "highway started at the least-squares AR(1). Autoregressive: generate feeds each "
+            "predicted day back as the next input."
         ),
         cell="lstm",
         load=load_seattle_weather,
@@ -122,7 +121,6 @@ RECIPES: dict[str, Recipe] = {
         highway=True,
         highway_init="least_squares",
         loss_weights="variance",
-        ensemble=5,
     ),
     "temps_gru": ForecastRecipe(
         name="temps_gru",
