@@ -14,6 +14,8 @@ from service.training.data import (
     load_seattle_temps,
     load_seattle_weather,
 )
+from service.training.forecast_eval import baseline_metrics, fit_ar_baseline
+from service.training.language import ngram_metrics
 from service.training.ngram import KneserNey, choose_order
 from service.training.text import build_vocab, encode
 
@@ -171,3 +173,26 @@ def test_kneser_ney_beats_the_bigram_and_its_order_is_chosen_on_validation() -> 
     assert choose_order(train, len(vocab), 0.1, (2, 3, 4, 5)).validation_perplexity != (
         choose_order(changed, len(vocab), 0.1, (2, 3, 4, 5)).validation_perplexity
     )
+
+
+def test_a_manifests_baselines_are_chosen_without_its_held_out_tail() -> None:
+    """The held-out rows change the baselines' held-out errors, never their fit or order."""
+    v = _ar_series(400)
+    changed = v.copy()
+    changed[300:] = 3.0 * changed[300:][::-1]
+    a = baseline_metrics(("x", "y"), v, 300, 7)
+    b = baseline_metrics(("x", "y"), changed, 300, 7)
+    assert a["linear_ar_order"] == b["linear_ar_order"]
+    np.testing.assert_array_equal(
+        fit_ar_baseline(v, 300)[0].weights, fit_ar_baseline(changed, 300)[0].weights
+    )
+    assert a["rmse_linear_ar"] != b["rmse_linear_ar"]
+    assert {"rmse_linear_ar.x", "rmse_persistence.y", "rmse_seasonal_naive.x"} <= a.keys()
+
+    text = load_pydoc_topics().text[:6_000]
+    vocab = build_vocab(text[:5_000], 1)
+    train, test = encode(text[:5_000], vocab), encode(text[5_000:], vocab)
+    first = ngram_metrics(train, test, len(vocab))
+    other = ngram_metrics(train, test[::-1].copy(), len(vocab))
+    assert first["kneser_ney_order"] == other["kneser_ney_order"]
+    assert first["perplexity_kneser_ney"] != other["perplexity_kneser_ney"]
