@@ -117,6 +117,13 @@ def train_main(args: list[str]) -> int:
     for key, value in m.metrics.items():
         if "." not in key:
             print(f"  {key:24s} {value:.4f}")
+    for feature in dict.fromkeys(k.partition(".")[2] for k in m.metrics if "." in k):
+        cells = ", ".join(
+            f"{k.partition('.')[0]} {v:.4f}"
+            for k, v in m.metrics.items()
+            if k.partition(".")[2] == feature
+        )
+        print(f"  {feature}: {cells}")
     print(
         f"  parity: onnxruntime vs torch {result.parity.torch_vs_onnx:.2e}, "
         f"step vs whole {result.parity.step_vs_whole:.2e}"

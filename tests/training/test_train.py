@@ -115,6 +115,8 @@ def test_cli_trains_into_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert train_main(args) == 0
     out = capsys.readouterr().out
     assert "rmse_persistence" in out and "written to" in out
+    wind = [line for line in out.splitlines() if line.startswith("  wind: ")]
+    assert len(wind) == 1 and "rmse " in wind[0] and "rmse_linear_ar " in wind[0]
     assert read_version(tmp_path / "weather_lstm" / "1").manifest.layers == 1
 
 
