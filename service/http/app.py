@@ -60,6 +60,7 @@ def build_store(settings: Settings, metrics: Metrics) -> SessionStore:
         on_gone=on_gone,
         cache_records=settings.session_cache_records,
         cache_bytes=settings.session_cache_mb * 2**20,
+        wait_replicas=settings.redis_wait_replicas,
     )
 
 

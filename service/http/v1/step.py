@@ -104,6 +104,23 @@ STEP_RESPONSE_SCHEMA: dict[str, Any] = {
         "steps": {"type": "integer", "minimum": 0},
         "outputs": {"type": "array", "description": "One output per input step"},
         "replayed": {"type": "boolean", "description": "A retry answered without advancing"},
+        "distribution": {
+            "type": "array",
+            "description": "Probabilistic forecasters only: each step's scale and quantiles "
+            "per feature (the step's output is the mean)",
+            "items": {
+                "type": "object",
+                "required": ["scale", "quantiles"],
+                "additionalProperties": False,
+                "properties": {
+                    "scale": {"type": "array", "items": {"type": "number"}},
+                    "quantiles": {
+                        "type": "object",
+                        "additionalProperties": {"type": "array", "items": {"type": "number"}},
+                    },
+                },
+            },
+        },
     },
 }
 """The step's answer (``session_codec.step_response``)."""
