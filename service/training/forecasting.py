@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy.typing as npt
 import torch
 
 from service.models.manifest import (
+    Distribution,
     FeaturesInput,
     Feedback,
     GraphSpec,
@@ -19,10 +21,13 @@ from service.models.manifest import (
     Provenance,
     RegressionOutput,
 )
+from service.training.data import Series
+from service.training.export import ParityFigures
 from service.training.forecast_eval import forecast_metrics
-from service.training.networks import Forecaster, merge_forecasters
+from service.training.networks import Forecaster, RecurrentNet, merge_forecasters
 from service.training.pipeline import (
     PLACEHOLDER_SHA,
+    Evaluation,
     TrainResult,
     export_and_verify,
     finish,
@@ -107,15 +112,27 @@ def train_member(
     return model
 
 
-def train_forecaster(
-    recipe: ForecastRecipe, store: Path | None, strict: bool = False, progress: bool = True
-) -> TrainResult:
+@dataclass(frozen=True)
+class Prepared:
+    """A recipe's series cut to its rows, split, and normalised by the training rows."""
+
+    series: Series
+    rows: int
+    values: Floats
+    test_start: int
+    mean: Floats
+    std: Floats
+    z: torch.Tensor
+    """The whole series in normalised units."""
+    step_scale: list[float]
+    """Per feature, the spread of one step's change over the training rows (normalised)."""
+
+
+def prepare(recipe: ForecastRecipe) -> Prepared:
     set_determinism(recipe.seed)
     series = recipe.load()
     n = forecast_rows(recipe, len(series.values))
     values = series.values[:n]
-    times = series.times[:n]
-    features = values.shape[1]
     test_start = n - recipe.test_rows
     if test_start <= recipe.window + 1:
         raise ValueError(f"{recipe.name}: not enough rows ({n}) for window and held-out tail")
@@ -123,36 +140,34 @@ def train_forecaster(
     mean = train.mean(axis=0)
     std = np.where(train.std(axis=0) > 1e-8, train.std(axis=0), 1.0)
     z = torch.from_numpy(((values - mean) / std).astype(np.float32))
-
     step_scale = [float(v) for v in np.diff(z.numpy()[:test_start], axis=0).std(axis=0)]
-    weights = loss_weights(recipe, std)
-    started = time.perf_counter()
-    members = [
-        train_member(recipe, z, test_start, step_scale, weights, recipe.seed + k, progress)
-        for k in range(recipe.ensemble)
-    ]
-    model = members[0] if recipe.ensemble == 1 else merge_forecasters(members)
-    train_seconds = time.perf_counter() - started
+    return Prepared(series, n, values, test_start, mean, std, z, step_scale)
 
-    with torch.no_grad():
-        pred_z, _ = model.run(z[None, :-1], model.zero_state(1))
-    pred = pred_z[0].numpy().astype(np.float64) * std + mean
-    evaluation = forecast_metrics(series.names, values, pred, test_start, recipe.seasonal_lag)
 
-    graph = GraphSpec(input="x", output="y", input_dtype="float32")
-    example = torch.zeros(2, 5, features)
-    probe = np.random.default_rng(recipe.seed + 1).standard_normal((3, 13, features))
-    onnx_bytes, parity = export_and_verify(model, example, probe.astype(np.float32), graph)
-
+def forecast_manifest(
+    recipe: ForecastRecipe,
+    prep: Prepared,
+    model: RecurrentNet,
+    graph: GraphSpec,
+    evaluation: Evaluation,
+    parity: ParityFigures,
+    distribution: Distribution | None = None,
+) -> Manifest:
+    """The manifest of a forecaster trained on ``prep`` (version and sha256 are set when it
+    is written)."""
+    n, test_start, times = prep.rows, prep.test_start, prep.series.times
     held = "validation tail (end of the training period)" if recipe.validate else "held-out tail"
     split = (
         f"train: first {test_start} rows ({times[0]} .. {times[test_start - 1]}); "
-        f"{held}: last {recipe.test_rows} rows ({times[test_start]} .. {times[-1]}); "
+        f"{held}: last {recipe.test_rows} rows ({times[test_start]} .. {times[n - 1]}); "
         f"normalisation from the training rows; linear AR order chosen on the end of the "
         f"training rows"
     )
+    series = prep.series
     names = list(series.names)
-    manifest = Manifest(
+    features = len(names)
+    mean, std = list(prep.mean), list(prep.std)
+    return Manifest(
         name=recipe.name,
         version=1,
         description=recipe.description,
@@ -162,8 +177,8 @@ def train_forecaster(
         hidden_size=model.hidden,
         sha256=PLACEHOLDER_SHA,
         graph=graph,
-        input=FeaturesInput(size=features, names=names, mean=list(mean), std=list(std)),
-        output=RegressionOutput(size=features, names=names, mean=list(mean), std=list(std)),
+        input=FeaturesInput(size=features, names=names, mean=mean, std=std),
+        output=RegressionOutput(size=features, names=names, mean=mean, std=std),
         state=state_specs(model),
         feedback=Feedback(autoregressive=True, output_index=list(range(features))),
         training=Provenance(
@@ -177,9 +192,39 @@ def train_forecaster(
         metrics=evaluation.metrics,
         headline_metric="rmse",
         parity=Parity(torch_vs_onnx=parity.torch_vs_onnx, step_vs_whole=parity.step_vs_whole),
+        distribution=distribution,
         libraries=library_versions(),
         sample_file=SAMPLE_FILE,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    sample = {SAMPLE_FILE: heldout_sample(series, recipe.test_rows, n)}
+
+
+def train_forecaster(
+    recipe: ForecastRecipe, store: Path | None, strict: bool = False, progress: bool = True
+) -> TrainResult:
+    prep = prepare(recipe)
+    values, test_start, z = prep.values, prep.test_start, prep.z
+    features = values.shape[1]
+    weights = loss_weights(recipe, prep.std)
+    started = time.perf_counter()
+    members = [
+        train_member(recipe, z, test_start, prep.step_scale, weights, recipe.seed + k, progress)
+        for k in range(recipe.ensemble)
+    ]
+    model = members[0] if recipe.ensemble == 1 else merge_forecasters(members)
+    train_seconds = time.perf_counter() - started
+
+    with torch.no_grad():
+        pred_z, _ = model.run(z[None, :-1], model.zero_state(1))
+    pred = pred_z[0].numpy().astype(np.float64) * prep.std + prep.mean
+    names = prep.series.names
+    evaluation = forecast_metrics(names, values, pred, test_start, recipe.seasonal_lag)
+
+    graph = GraphSpec(input="x", output="y", input_dtype="float32")
+    example = torch.zeros(2, 5, features)
+    probe = np.random.default_rng(recipe.seed + 1).standard_normal((3, 13, features))
+    onnx_bytes, parity = export_and_verify(model, example, probe.astype(np.float32), graph)
+
+    manifest = forecast_manifest(recipe, prep, model, graph, evaluation, parity)
+    sample = {SAMPLE_FILE: heldout_sample(prep.series, recipe.test_rows, prep.rows)}
     return finish(manifest, onnx_bytes, evaluation, parity, train_seconds, store, strict, sample)

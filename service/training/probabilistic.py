@@ -4,7 +4,6 @@ model version whose manifest carries a ``distribution`` and the calibration figu
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,8 @@ import torch
 
 from service.models.manifest import (
     Distribution,
-    FeaturesInput,
-    Feedback,
     GraphSpec,
-    Manifest,
-    Parity,
-    Provenance,
-    RegressionOutput,
 )
-from service.training.baselines import Floats
 from service.training.calibration import (
     HORIZONS,
     Rollouts,
@@ -29,7 +21,7 @@ from service.training.calibration import (
     rollout_origins,
 )
 from service.training.forecast_eval import fit_ar_baseline, forecast_metrics
-from service.training.forecasting import forecast_rows, loss_weights
+from service.training.forecasting import forecast_manifest, loss_weights, prepare
 from service.training.likelihood import (
     SCALE_OUTPUT,
     GaussianForecaster,
@@ -37,13 +29,10 @@ from service.training.likelihood import (
     window_loss,
 )
 from service.training.pipeline import (
-    PLACEHOLDER_SHA,
     TrainResult,
     finish,
     fit,
-    library_versions,
     set_determinism,
-    state_specs,
 )
 from service.training.recipes import ForecastRecipe
 from service.training.samples import SAMPLE_FILE, heldout_sample
@@ -131,22 +120,13 @@ def train_probabilistic(
 ) -> TrainResult:
     if recipe.ensemble != 1:
         raise ValueError(f"{recipe.name}: a likelihood head is trained as one network")
-    set_determinism(recipe.seed)
-    series = recipe.load()
-    n = forecast_rows(recipe, len(series.values))
-    values: Floats = series.values[:n]
-    names = list(series.names)
+    prep = prepare(recipe)
+    values, test_start, z, mean, std = prep.values, prep.test_start, prep.z, prep.mean, prep.std
+    names = list(prep.series.names)
     features = values.shape[1]
-    test_start = n - recipe.test_rows
-    if test_start <= recipe.window + 1:
-        raise ValueError(f"{recipe.name}: not enough rows ({n}) for window and held-out tail")
-    train = values[:test_start]
-    mean = train.mean(axis=0)
-    std = np.where(train.std(axis=0) > 1e-8, train.std(axis=0), 1.0)
-    z = torch.from_numpy(((values - mean) / std).astype(np.float32))
-    step_scale = [float(v) for v in np.diff(z.numpy()[:test_start], axis=0).std(axis=0)]
     started = time.perf_counter()
-    model = train_gaussian(recipe, z, test_start, step_scale, loss_weights(recipe, std), progress)
+    weights = loss_weights(recipe, std)
+    model = train_gaussian(recipe, z, test_start, prep.step_scale, weights, progress)
     train_seconds = time.perf_counter() - started
 
     with torch.no_grad():
@@ -156,7 +136,7 @@ def train_probabilistic(
     evaluation = forecast_metrics(names, values, loc, test_start, recipe.seasonal_lag)
     ar, _ = fit_ar_baseline(values, test_start)
     evaluation.metrics |= one_step_metrics(names, values, loc, scale, test_start, ar)
-    origins = rollout_origins(n, test_start, max(HORIZONS))
+    origins = rollout_origins(prep.rows, test_start, max(HORIZONS))
     mean_z, paths_z = model_rollouts(model, z, origins, max(HORIZONS), recipe.seed)
     rollouts = Rollouts(origins, mean_z * std + mean, paths_z * std + mean)
     evaluation.metrics |= horizon_metrics(values, rollouts, ar, recipe.seasonal_lag)
@@ -166,43 +146,7 @@ def train_probabilistic(
     onnx_bytes, parity = export_gaussian(
         model, torch.zeros(2, 5, features), probe.astype(np.float32), graph
     )
-    times = series.times[:n]
-    held = "validation tail (end of the training period)" if recipe.validate else "held-out tail"
-    split = (
-        f"train: first {test_start} rows ({times[0]} .. {times[test_start - 1]}); "
-        f"{held}: last {recipe.test_rows} rows ({times[test_start]} .. {times[-1]}); "
-        f"normalisation from the training rows; linear AR order chosen on the end of the "
-        f"training rows"
-    )
-    manifest = Manifest(
-        name=recipe.name,
-        version=1,
-        description=recipe.description,
-        task="regression",
-        cell=recipe.cell,
-        layers=model.layers,
-        hidden_size=model.hidden,
-        sha256=PLACEHOLDER_SHA,
-        graph=graph,
-        input=FeaturesInput(size=features, names=names, mean=list(mean), std=list(std)),
-        output=RegressionOutput(size=features, names=names, mean=list(mean), std=list(std)),
-        state=state_specs(model),
-        feedback=Feedback(autoregressive=True, output_index=list(range(features))),
-        training=Provenance(
-            dataset=series.dataset,
-            package=series.package,
-            package_version=series.package_version,
-            source=series.source,
-            rows=n,
-            split=split,
-        ),
-        metrics=evaluation.metrics,
-        headline_metric="rmse",
-        parity=Parity(torch_vs_onnx=parity.torch_vs_onnx, step_vs_whole=parity.step_vs_whole),
-        distribution=Distribution(family="gaussian", scale_output=SCALE_OUTPUT),
-        libraries=library_versions(),
-        sample_file=SAMPLE_FILE,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    sample = {SAMPLE_FILE: heldout_sample(series, recipe.test_rows, n)}
+    distribution = Distribution(family="gaussian", scale_output=SCALE_OUTPUT)
+    manifest = forecast_manifest(recipe, prep, model, graph, evaluation, parity, distribution)
+    sample = {SAMPLE_FILE: heldout_sample(prep.series, recipe.test_rows, prep.rows)}
     return finish(manifest, onnx_bytes, evaluation, parity, train_seconds, store, strict, sample)
