@@ -76,6 +76,7 @@ function append(id, time, values) {
     if (!known.has(name)) {
       known.set(name, known.size);
       Plotly.addTraces(id, { x: [], y: [], name, mode: "lines", type: "scatter", connectgaps: false });
+      if (known.size === 1) Plotly.relayout(id, { "xaxis.autorange": true });
     }
   }
   const indices = [];
@@ -86,7 +87,12 @@ function append(id, time, values) {
     xs.push([time]);
     ys.push([values.has(name) ? values.get(name) : null]);
   }
-  if (indices.length) Plotly.extendTraces(id, { x: xs, y: ys }, indices, WINDOW);
+  if (indices.length) {
+    Plotly.extendTraces(id, { x: xs, y: ys }, indices, WINDOW);
+  } else {
+    // Nothing to draw yet (no errors, say): the time axis shows the last minute, not 2000.
+    Plotly.relayout(id, { "xaxis.range": [new Date(time.getTime() - 60000), time] });
+  }
 }
 
 function renderHealth(snapshot, sessionsActive) {
