@@ -11,7 +11,12 @@ from fastapi import FastAPI
 from service.http.app import create_app
 from service.models.registry import ModelRegistry
 from service.settings import Settings
-from tests.redis_process import redis_databases, redis_server, redis_url  # noqa: F401 (fixtures)
+from tests.redis_process import (  # noqa: F401 (fixtures)
+    raw_redis,
+    redis_databases,
+    redis_server,
+    redis_url,
+)
 from tests.redis_topologies import redis_cluster, redis_sentinel  # noqa: F401 (fixtures)
 from tests.tiny_models import make_tiny_store
 

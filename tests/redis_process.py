@@ -21,12 +21,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from tests.e2e.server import free_port
 
@@ -155,3 +156,14 @@ def redis_url(redis_databases: RedisDatabases) -> Iterator[str]:
     """A Redis database of this test's own (on the run's private server), emptied after."""
     with redis_databases.database() as url:
         yield url
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the test's own database (``redis_url``), to read or damage what
+    a store wrote."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -54,6 +54,22 @@ class _Scaled(_Strict):
         return np.asarray(self.std, dtype=np.float32)
 
 
+def _check_lengths(
+    side: str,
+    size: int,
+    names: list[str],
+    mean: list[float],
+    std: list[float],
+    units: list[str] | None,
+) -> None:
+    """Names, mean, std (and units, where given) of a features input or a regression
+    output each have ``size`` entries."""
+    if not (len(names) == len(mean) == len(std) == size):
+        raise ValueError(f"{side} names, mean and std must each have `size` entries")
+    if units is not None and len(units) != size:
+        raise ValueError(f"{side} units must have `size` entries")
+
+
 class FeaturesInput(_Scaled):
     """Numeric features, one vector of ``size`` floats per step.
 
@@ -71,10 +87,7 @@ class FeaturesInput(_Scaled):
 
     @model_validator(mode="after")
     def _lengths(self) -> FeaturesInput:
-        if not (len(self.names) == len(self.mean) == len(self.std) == self.size):
-            raise ValueError("input names, mean and std must each have `size` entries")
-        if self.units is not None and len(self.units) != self.size:
-            raise ValueError("input units must have `size` entries")
+        _check_lengths("input", self.size, self.names, self.mean, self.std, self.units)
         if any(s <= 0 for s in self.std):
             raise ValueError("input std must be positive")
         return self
@@ -123,10 +136,7 @@ class RegressionOutput(_Scaled):
 
     @model_validator(mode="after")
     def _lengths(self) -> RegressionOutput:
-        if not (len(self.names) == len(self.mean) == len(self.std) == self.size):
-            raise ValueError("output names, mean and std must each have `size` entries")
-        if self.units is not None and len(self.units) != self.size:
-            raise ValueError("output units must have `size` entries")
+        _check_lengths("output", self.size, self.names, self.mean, self.std, self.units)
         return self
 
 

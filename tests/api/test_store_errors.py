@@ -56,32 +56,23 @@ async def _create(http: httpx.AsyncClient, **body: Any) -> str:
     return sid
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 @pytest.mark.redis
 @pytest.mark.parametrize("damage", ["short x:h", "r is xyz", "m is junk", "not a hash"])
 async def test_a_damaged_record_is_410_session_corrupt_and_deletable(
-    tiny_store: Path, redis_url: str, raw: aioredis.Redis, damage: str
+    tiny_store: Path, redis_url: str, raw_redis: aioredis.Redis, damage: str
 ) -> None:
     async with serving(tiny_store, session_store=redis_url) as (app, http):
         good, bad = await _create(http), await _create(http)
         key = f"lstm:s:{bad}"
         if damage == "short x:h":
-            await raw.hset(key, "x:h", b"\x00\x01")
+            await raw_redis.hset(key, "x:h", b"\x00\x01")
         elif damage == "r is xyz":
-            await raw.hset(key, "r", b"xyz")
+            await raw_redis.hset(key, "r", b"xyz")
         elif damage == "m is junk":
-            await raw.hset(key, "m", b"{]")
+            await raw_redis.hset(key, "m", b"{]")
         else:
-            await raw.delete(key)
-            await raw.set(key, b"WRONGTYPE for every hash command")
+            await raw_redis.delete(key)
+            await raw_redis.set(key, b"WRONGTYPE for every hash command")
 
         for method, path, body in [
             ("GET", f"/v1/sessions/{bad}", None),
@@ -121,7 +112,7 @@ async def test_a_damaged_record_is_410_session_corrupt_and_deletable(
 
 @pytest.mark.redis
 async def test_a_websocket_on_a_session_damaged_while_open_gets_an_answer_not_1011(
-    tiny_store: Path, redis_url: str, raw: aioredis.Redis
+    tiny_store: Path, redis_url: str, raw_redis: aioredis.Redis
 ) -> None:
     async with serving(tiny_store, session_store=redis_url) as (app, http):
         sid = await _create(http)
@@ -130,7 +121,7 @@ async def test_a_websocket_on_a_session_damaged_while_open_gets_an_answer_not_10
             # The revision is damaged too: with only another field damaged, this replica's
             # copy of the record (written by the last step) would answer the step and its
             # save would rewrite the whole record.
-            await raw.hset(f"lstm:s:{sid}", mapping={"m": b"junk", "r": b"junk"})
+            await raw_redis.hset(f"lstm:s:{sid}", mapping={"m": b"junk", "r": b"junk"})
             try:
                 reply = await ws.step(ONE)
             except Closed as exc:
@@ -161,10 +152,10 @@ async def test_an_unreachable_redis_is_503_with_retry_after_and_no_internals(
 
 @pytest.mark.redis
 async def test_a_broken_shared_key_is_503_without_retry_after_and_no_internals(
-    tiny_store: Path, redis_url: str, raw: aioredis.Redis
+    tiny_store: Path, redis_url: str, raw_redis: aioredis.Redis
 ) -> None:
     async with serving(tiny_store, session_store=redis_url) as (_, http):
-        await raw.set("lstm:live", b"not a sorted set")
+        await raw_redis.set("lstm:live", b"not a sorted set")
         r = await http.post("/v1/sessions", json={"model": "tiny_lstm"}, headers=A)
         assert r.status_code == 503, r.text
         assert "Retry-After" not in r.headers
@@ -226,7 +217,7 @@ async def test_a_huge_restored_step_count_is_422_and_listing_still_works(
 @pytest.mark.redis
 @pytest.mark.parametrize("damage", ["other state names", "other state shape", "last output size"])
 async def test_a_consistent_record_that_does_not_fit_its_model_is_corrupt(
-    tiny_store: Path, redis_url: str, raw: aioredis.Redis, damage: str
+    tiny_store: Path, redis_url: str, raw_redis: aioredis.Redis, damage: str
 ) -> None:
     """Metadata and tensors agree with each other, but not with the model: 410, not a 500
     from inside the model run."""
@@ -234,24 +225,24 @@ async def test_a_consistent_record_that_does_not_fit_its_model_is_corrupt(
         sid = await _create(http)
         assert (await http.post(f"/v1/sessions/{sid}/step", json=ONE, headers=A)).status_code == 200
         key = f"lstm:s:{sid}"
-        got = await raw.hget(key, "m")
+        got = await raw_redis.hget(key, "m")
         assert got is not None
         meta = orjson.loads(got)
         one = np.zeros(1, "<f4").tobytes()
         # A writer elsewhere advances the revision, so this replica's copy of the record is
         # no longer trusted and the next request loads what was written.
-        revision = await raw.hget(key, "r")
+        revision = await raw_redis.hget(key, "r")
         assert revision is not None
-        await raw.hset(key, "r", str(int(revision) + 1))
+        await raw_redis.hset(key, "r", str(int(revision) + 1))
         if damage == "other state names":
             meta["state"] = {"z": [1]}
-            await raw.hset(key, mapping={"m": orjson.dumps(meta), "x:z": one})
+            await raw_redis.hset(key, mapping={"m": orjson.dumps(meta), "x:z": one})
         elif damage == "other state shape":
             meta["state"]["h"] = [1]
-            await raw.hset(key, mapping={"m": orjson.dumps(meta), "x:h": one})
+            await raw_redis.hset(key, mapping={"m": orjson.dumps(meta), "x:h": one})
         else:
             meta["last_output"] = [1]
-            await raw.hset(key, mapping={"m": orjson.dumps(meta), "lo": one})
+            await raw_redis.hset(key, mapping={"m": orjson.dumps(meta), "lo": one})
         for path, body in [
             (f"/v1/sessions/{sid}/step", ONE),
             (f"/v1/sessions/{sid}/generate", {"steps": 2}),

@@ -59,16 +59,6 @@ def record(owner: str = "alice", ttl: int = 60) -> SessionRecord:
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client on the test's database, to damage what the store wrote."""
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     s = RedisStore.from_url(redis_url, prefix=PREFIX)
     try:
@@ -127,12 +117,12 @@ DAMAGES: dict[str, Damage] = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES.values()), ids=list(DAMAGES))
 async def test_a_damaged_record_is_corrupt_deletable_and_left_out_of_listings(
-    store: RedisStore, raw: aioredis.Redis, damage: Damage
+    store: RedisStore, raw_redis: aioredis.Redis, damage: Damage
 ) -> None:
     good, bad = record(), record()
     await store.create(good, 10)
     await store.create(bad, 10)
-    await damage(raw, f"{PREFIX}s:{bad.id}")
+    await damage(raw_redis, f"{PREFIX}s:{bad.id}")
 
     with pytest.raises(SessionCorrupt) as info:
         await store.load(bad.id)
@@ -148,25 +138,25 @@ async def test_a_damaged_record_is_corrupt_deletable_and_left_out_of_listings(
 
 
 async def test_the_owner_of_a_damaged_record_is_kept_on_the_error(
-    store: RedisStore, raw: aioredis.Redis
+    store: RedisStore, raw_redis: aioredis.Redis
 ) -> None:
     rec = record(owner="bob")
     await store.create(rec, 10)
-    await raw.hset(f"{PREFIX}s:{rec.id}", "x:h", b"")
+    await raw_redis.hset(f"{PREFIX}s:{rec.id}", "x:h", b"")
     with pytest.raises(SessionCorrupt) as info:
         await store.load(rec.id)
     assert info.value.owner == "bob"
 
 
 async def test_a_record_key_of_another_type_is_corrupt_not_unavailable(
-    store: RedisStore, raw: aioredis.Redis
+    store: RedisStore, raw_redis: aioredis.Redis
 ) -> None:
     """``WRONGTYPE`` is an answer about the session, not an outage: no retry helps."""
     rec = record(owner="bob")
     await store.create(rec, 10)
     key = f"{PREFIX}s:{rec.id}"
-    await raw.delete(key)
-    await raw.set(key, b"junk")
+    await raw_redis.delete(key)
+    await raw_redis.set(key, b"junk")
     with pytest.raises(SessionCorrupt) as info:
         await store.load(rec.id)
     assert info.value.owner == "bob"  # from the tombstone
@@ -181,17 +171,17 @@ async def test_a_record_key_of_another_type_is_corrupt_not_unavailable(
 
 @pytest.mark.parametrize("tomb", ["a string", "an unknown reason"])
 async def test_a_damaged_tombstone_is_corrupt_and_deletable(
-    store: RedisStore, raw: aioredis.Redis, tomb: str
+    store: RedisStore, raw_redis: aioredis.Redis, tomb: str
 ) -> None:
     rec = record(owner="bob")
     await store.create(rec, 10)
     await store.evict(rec.id)
     key = f"{PREFIX}t:{rec.id}"
-    await raw.delete(key)
+    await raw_redis.delete(key)
     if tomb == "a string":
-        await raw.set(key, b"junk")
+        await raw_redis.set(key, b"junk")
     else:
-        await raw.hset(key, mapping={"reason": "xyz", "owner": "bob"})
+        await raw_redis.hset(key, mapping={"reason": "xyz", "owner": "bob"})
     with pytest.raises(SessionCorrupt):
         await store.load(rec.id)
     await store.delete(rec.id)
@@ -200,11 +190,11 @@ async def test_a_damaged_tombstone_is_corrupt_and_deletable(
 
 
 async def test_an_owner_index_member_that_is_not_utf8_is_skipped(
-    store: RedisStore, raw: aioredis.Redis
+    store: RedisStore, raw_redis: aioredis.Redis
 ) -> None:
     rec = record()
     await store.create(rec, 10)
-    await raw.sadd(f"{PREFIX}o:session:alice", b"\xff\xfe")
+    await raw_redis.sadd(f"{PREFIX}o:session:alice", b"\xff\xfe")
     assert [r.id for r in await store.list("alice")] == [rec.id]
 
 
@@ -236,9 +226,9 @@ async def test_an_unreachable_redis_is_unavailable_without_its_address() -> None
 
 
 async def test_an_error_reply_on_a_shared_key_is_not_retryable_and_names_no_key(
-    store: RedisStore, raw: aioredis.Redis
+    store: RedisStore, raw_redis: aioredis.Redis
 ) -> None:
-    await raw.set(f"{PREFIX}live", b"not a sorted set")
+    await raw_redis.set(f"{PREFIX}live", b"not a sorted set")
     for call in (store.create(record(), 10), store.count(), store.sweep()):
         with pytest.raises(StoreUnavailable) as info:
             await call

@@ -24,20 +24,11 @@ from service.training.calibration import (
 from service.training.likelihood import GaussianForecaster
 from service.training.recipes import RECIPES, ForecastRecipe
 from service.training.train import run_recipe
+from tests.training.test_train import TINY_FORECAST
 
 pytestmark = [pytest.mark.train]
 
-TINY = {
-    "limit_rows": 300,
-    "test_rows": 60,
-    "epochs": 2,
-    "hidden": 8,
-    "window": 30,
-    "burn_in": 5,
-    "windows_per_epoch": 64,
-    "seasonal_lag": 7,
-    "likelihood": "gaussian",
-}
+TINY = {**TINY_FORECAST, "likelihood": "gaussian"}
 
 
 def test_the_scale_head_is_positive_and_run_gives_the_mean() -> None:
