@@ -505,6 +505,15 @@ async def test_non_finite_binary_data_is_400(client: httpx.AsyncClient) -> None:
     assert (await post_raw(client, body, headers)).status_code == 400
 
 
+async def test_json_data_beyond_fp32_is_400_without_a_warning(client: httpx.AsyncClient) -> None:
+    """1e300 is a finite JSON number that FP32 cannot hold: refused as non-finite, and the
+    cast raises no numpy warning (the suite turns warnings into errors)."""
+    tensor = {"name": "INPUT", "datatype": "FP32", "shape": [1, 1, F], "data": [1e300, 0.0, 0.0]}
+    r = await infer(client, "tiny_lstm", {"inputs": [tensor]})
+    assert r.status_code == 400, r.text
+    assert "finite" in r.json()["error"]
+
+
 @pytest.mark.parametrize(
     "tensor",
     [

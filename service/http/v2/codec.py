@@ -171,7 +171,10 @@ def _json_numbers(
 
 def _number_array(flat: list[Any], dtype: np.dtype[Any], where: str) -> np.ndarray:
     try:
-        arr = np.asarray(flat, dtype=dtype)
+        # a float beyond the datatype's range becomes inf, refused just below; numpy's
+        # overflow warning for that cast would only be noise on stderr
+        with np.errstate(over="ignore"):
+            arr = np.asarray(flat, dtype=dtype)
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"{where}: data does not fit the datatype: {exc}") from exc
     if dtype.kind == "f" and not np.isfinite(arr).all():
