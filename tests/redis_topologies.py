@@ -238,6 +238,18 @@ class SentinelProcesses:
             client.close()
         return int(port)
 
+    def primary_ports(self) -> set[int]:
+        """The primary each sentinel names (one port once they all agree)."""
+        ports = set()
+        for sentinel in self.sentinels:
+            client = sentinel.client()
+            try:
+                _, port = _command(client, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+            finally:
+                client.close()
+            ports.add(int(port))
+        return ports
+
     def primary(self) -> Node:
         port = self.primary_port()
         return next(n for n in self.data if n.port == port)
