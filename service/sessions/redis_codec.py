@@ -105,12 +105,21 @@ def flat(fields: dict[str, bytes]) -> list[str | bytes]:
     return out
 
 
-def packed(fields: dict[str, bytes]) -> tuple[bytes, str, bytes]:
-    """``fields`` as the ``SAVE`` script takes them: the names end to end, the length of
-    each name and value (``name:value,...``), and the values end to end."""
-    names = [k.encode() for k in fields]
-    lengths = ",".join([f"{len(k)}:{len(v)}" for k, v in zip(names, fields.values(), strict=True)])
-    return b"".join(names), lengths, b"".join(fields.values())
+def save_args(
+    rec: SessionRecord, expected_revision: int, ttl_ms: int, tomb_ms: int
+) -> tuple[str, bytes]:
+    """The ``SAVE`` script's two arguments for ``rec``: the compare-and-set's expected
+    revision and incarnation, the expiries and the byte length of each piece; then the id,
+    the owner, the fields' names and the fields' values, end to end."""
+    fields = record_fields(rec)
+    rid, owner = rec.id.encode(), rec.owner.encode()
+    values = fields.values()
+    lengths = ",".join([f"{len(k)}:{len(v)}" for k, v in zip(fields, values, strict=True)])
+    meta = (
+        f"{expected_revision} {incarnation(rec)} {rec.expires_at!r} {ttl_ms} {tomb_ms} "
+        f"{len(rid)} {len(owner)} {lengths}"
+    )
+    return meta, b"".join([rid, owner, "".join(fields).encode(), *values])
 
 
 # -- decoding ---------------------------------------------------------------------------------

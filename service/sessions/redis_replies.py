@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from service.errors import SessionGone, SessionNotFound
+from service.errors import ServeError, SessionGone, SessionNotFound
+from service.sessions.cache import RecordCache
 from service.sessions.record import SessionRecord
 from service.sessions.redis_codec import corrupt, record_from_fields
 from service.sessions.redis_errors import core_error, is_outage, text, unavailable
@@ -59,6 +61,27 @@ def save_outcome(rec: SessionRecord, reply: Any) -> bool:
     if status == 3:
         raise SessionNotFound(f"no session {rec.id!r}")
     return status == 1
+
+
+def save_outcomes(
+    recs: Sequence[SessionRecord], replies: Sequence[Any], cache: RecordCache
+) -> list[bool | ServeError]:
+    """Each save's outcome (``save_outcome``, an error in place of a raise); the cache
+    keeps each record saved and drops the others."""
+    out: list[bool | ServeError] = []
+    for rec, reply in zip(recs, replies, strict=True):
+        try:
+            saved = save_outcome(rec, reply)
+        except ServeError as exc:
+            saved = False
+            out.append(exc)
+        else:
+            out.append(saved)
+        if saved:
+            cache.wrote(rec)
+        else:
+            cache.drop(rec.id)
+    return out
 
 
 def listed(owner: str, kind: str, ids: list[str], found: list[Any]) -> list[SessionRecord]:

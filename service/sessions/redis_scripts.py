@@ -51,49 +51,88 @@ record key prefix, then field, value, ...
 Returns {1, pruned} created, {0, pruned} at ``max_sessions``, {2, pruned} at the owner's
 limit; ``pruned`` is how many expired ids left the live set."""
 
-SAVE = """
-local rev, inc, expires_at, ttl_ms, tomb_ms =
-  string.match(ARGV[1], '^(%d+) (%S+) (%S+) (%d+) (%d+)$')
-local cur = redis.call('HMGET', KEYS[1], 'r', 'c')
-if not cur[1] then
-  local reason = redis.call('HGET', KEYS[2], 'reason')
-  if reason then return {2, reason} end
-  return {3}
-end
-if cur[1] ~= rev or (cur[2] and cur[2] ~= inc) then return {0} end
-local fields = {}
-local names, values = ARGV[4], ARGV[6]
-local at, pos = 1, 1
-for nlen, vlen in string.gmatch(ARGV[5], '(%d+):(%d+)') do
-  nlen, vlen = tonumber(nlen), tonumber(vlen)
-  fields[#fields + 1] = string.sub(names, at, at + nlen - 1)
-  fields[#fields + 1] = string.sub(values, pos, pos + vlen - 1)
-  at, pos = at + nlen, pos + vlen
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PEXPIRE', KEYS[1], ttl_ms)
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'reason', 'expired', 'owner', ARGV[3])
-redis.call('PEXPIRE', KEYS[2], tomb_ms)
-redis.call('ZADD', KEYS[3], expires_at, ARGV[2])
-if KEYS[4] then
-  redis.call('SADD', KEYS[4], ARGV[2])
-  if redis.call('PTTL', KEYS[4]) < tonumber(ttl_ms) then
-    redis.call('PEXPIRE', KEYS[4], ttl_ms)
+_SAVE_ONE = """
+local function save(krec, ktomb, klive, kowner, meta, data)
+  local rev, inc, expires_at, ttl_ms, tomb_ms, idlen, ownerlen, lengths =
+    string.match(meta, '^(%d+) (%S+) (%S+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+  local cur = redis.call('HMGET', krec, 'r', 'c')
+  if not cur[1] then
+    local reason = redis.call('HGET', ktomb, 'reason')
+    if reason then return {2, reason} end
+    return {3}
   end
+  if cur[1] ~= rev or (cur[2] and cur[2] ~= inc) then return {0} end
+  idlen, ownerlen = tonumber(idlen), tonumber(ownerlen)
+  local id = string.sub(data, 1, idlen)
+  local owner = string.sub(data, idlen + 1, idlen + ownerlen)
+  local fields = {}
+  local at = idlen + ownerlen + 1
+  local pos = at
+  for nlen in string.gmatch(lengths, '(%d+):') do
+    pos = pos + tonumber(nlen)
+  end
+  for nlen, vlen in string.gmatch(lengths, '(%d+):(%d+)') do
+    nlen, vlen = tonumber(nlen), tonumber(vlen)
+    fields[#fields + 1] = string.sub(data, at, at + nlen - 1)
+    fields[#fields + 1] = string.sub(data, pos, pos + vlen - 1)
+    at, pos = at + nlen, pos + vlen
+  end
+  redis.call('DEL', krec)
+  redis.call('HSET', krec, unpack(fields))
+  redis.call('PEXPIRE', krec, ttl_ms)
+  redis.call('DEL', ktomb)
+  redis.call('HSET', ktomb, 'reason', 'expired', 'owner', owner)
+  redis.call('PEXPIRE', ktomb, tomb_ms)
+  redis.call('ZADD', klive, expires_at, id)
+  if kowner then
+    redis.call('SADD', kowner, id)
+    if redis.call('PTTL', kowner) < tonumber(ttl_ms) then
+      redis.call('PEXPIRE', kowner, ttl_ms)
+    end
+  end
+  return {1}
 end
-return {1}
 """
-"""KEYS: record, tombstone, live[, owner index].
-ARGV: ``"{expected revision} {expected incarnation} {expires_at} {ttl_ms} {tomb_ms}"``
-(the incarnation is field ``c``; a record without it, written by an older version, is not
-checked), id, owner, then the record's fields as three arguments (``redis_codec.packed``):
-their names end to end, the length of each name and value (``name:value,...``), and their
-values end to end. Few arguments, not two per field: redis-py's asyncio client packs every
-argument in Python, and that was the largest cost of a step (41 against 9 us a save).
+
+SAVE = (
+    _SAVE_ONE
+    + """
+return save(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+"""
+)
+"""KEYS: record, tombstone, live[, owner index]. ARGV: the save's two arguments
+(``redis_codec.save_args``): ``"{expected revision} {expected incarnation} {expires_at}
+{ttl_ms} {tomb_ms} {id length} {owner length} {name:value,...}"``, the byte lengths of
+each field's name and value; and the id, the owner, the fields' names and the fields'
+values, end to end. The incarnation is field ``c``; a record without it, written by an
+older version, is not checked. Two arguments, not two per field: redis-py's asyncio
+client packs every argument in Python, and that was the largest cost of a step.
 Returns {1} saved, {0} revision or incarnation mismatch, {2, reason} tombstone, {3} no
 such session."""
+
+SAVE_MANY = (
+    _SAVE_ONE
+    + """
+local out = {}
+for i = 1, #ARGV / 2 do
+  local k = 4 * (i - 1)
+  local ok, res = pcall(save, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
+                        ARGV[2 * i - 1], ARGV[2 * i])
+  if ok then
+    out[i] = res
+  elseif type(res) == 'table' and res.err then
+    out[i] = res
+  else
+    out[i] = redis.error_reply('ERR ' .. tostring(res))
+  end
+end
+return out
+"""
+)
+"""One Redis only: ``SAVE`` of several sessions in one call (a batch's saves, one command
+and one reply). KEYS: four per session, as ``SAVE``'s; ARGV: two per session, as
+``SAVE``'s. Returns one ``SAVE`` reply per session, in order; a session whose save fails
+(``WRONGTYPE`` on its keys) has an error in its place, and the others are saved."""
 
 EVICT = """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end

@@ -23,17 +23,16 @@ a copy it has reason to trust through ``recent``; the compare-and-set of ``save`
 the revision and the incarnation (field ``c``) the step started from, so a step computed
 from a copy that another replica has outdated is not saved, and the session manager
 recomputes it from a fresh load. Loads and saves made in one event-loop iteration (the
-steps of one onnxruntime batch) go to Redis as one pipeline (``TickBatch``), each save
-still its own script call on its own session's keys.
+steps of one onnxruntime batch) go to Redis together (``TickBatch``): the loads as one
+pipeline, the saves as one ``SAVE_MANY`` script call (on Redis Cluster, one pipeline of
+``SAVE`` calls, one per session's slot), each save still its own compare-and-set on its
+own session's keys.
 
-Errors (``service.sessions.redis_errors``): an outage is ``StoreUnavailable`` with a retry
-hint; an error reply about a session's own keys (``WRONGTYPE``), and a record that fails
-validation, is ``SessionCorrupt``: that session can only be deleted, listings leave it
-out. Socket timeouts are short and nothing is retried inside the client: a timed-out
-``save`` may or may not have been applied (its cached copy is dropped), and a blind retry
-could apply a step twice; the session manager's offsets make the client's retry safe
-instead. Dead pooled connections are dropped and reopened by redis-py, so the store
-recovers without a restart when Redis comes back.
+Errors (``service.sessions.redis_errors``): an outage is ``StoreUnavailable``, an error
+reply about a session's own keys or a record that fails validation is ``SessionCorrupt``.
+Nothing is retried inside the client: a timed-out ``save`` may or may not have been
+applied (its cached copy is dropped); the session manager's offsets make the client's
+retry safe instead.
 
 Topologies (``redis_connect``): one Redis; a primary found through Sentinel (this layout);
 Redis Cluster (``service.sessions.redis_cluster``: each session's keys in one slot).
@@ -68,13 +67,12 @@ from service.sessions.coalesce import TickBatch
 from service.sessions.record import Clock, SessionRecord
 from service.sessions.redis_codec import (
     flat,
-    incarnation,
-    packed,
     record_fields,
+    save_args,
 )
 from service.sessions.redis_connect import connect
 from service.sessions.redis_errors import is_outage, text, translated
-from service.sessions.redis_replies import listed, record_of, save_outcome
+from service.sessions.redis_replies import listed, record_of, save_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +113,7 @@ class RedisStore:
         self._evict = client.register_script(redis_scripts.EVICT)
         self._delete = client.register_script(redis_scripts.DELETE)
         self._save_sha = _sha(redis_scripts.SAVE)
+        self._save_many_sha = _sha(redis_scripts.SAVE_MANY)
         self._cache = RecordCache(cache_records, cache_bytes)
         self._loads: TickBatch[str, SessionRecord] = TickBatch(self.load_many)
         self._saves: TickBatch[tuple[SessionRecord, int], bool] = TickBatch(self.save_many)
@@ -274,37 +273,36 @@ class RedisStore:
     async def save_many(
         self, items: Sequence[tuple[SessionRecord, int]]
     ) -> list[bool | ServeError]:
-        """One pipeline of ``SAVE`` script calls, one per record, each on its own keys."""
+        """The records' ``SAVE`` scripts in one round trip (``_save_calls``), each
+        compare-and-set on its own session's keys."""
         now = self._clock()
         calls: list[Call] = []
         for rec, expected in items:
             ttl_ms, tomb_ms = self._expiries(rec, now)
-            head = f"{expected} {incarnation(rec)} {rec.expires_at!r} {ttl_ms} {tomb_ms}"
-            args = [head, rec.id, rec.owner, *packed(record_fields(rec))]
-            calls.append((self._session_keys(rec), args))
+            calls.append((self._session_keys(rec), [*save_args(rec, expected, ttl_ms, tomb_ms)]))
         extra = self._save_extras(items, now)
         try:
-            replies = await self._eval_many(
-                "save", redis_scripts.SAVE, self._save_sha, calls, extra
-            )
+            replies = await self._save_calls(calls, extra)
         except StoreUnavailable as exc:  # applied or not: the copies are no longer known
             for rec, _ in items:
                 self._cache.drop(rec.id)
             return [exc] * len(items)
-        out: list[bool | ServeError] = []
-        for (rec, _), reply in zip(items, replies, strict=True):
-            try:
-                saved = save_outcome(rec, reply)
-            except ServeError as exc:
-                saved = False
-                out.append(exc)
-            else:
-                out.append(saved)
-            if saved:
-                self._cache.wrote(rec)
-            else:
-                self._cache.drop(rec.id)
-        return out
+        return save_outcomes([rec for rec, _ in items], replies, self._cache)
+
+    async def _save_calls(self, calls: list[Call], extra: Sequence[Any]) -> list[Any]:
+        """One reply per ``SAVE`` call. One Redis: several calls are one ``SAVE_MANY``
+        script, one command and one reply for the batch (redis-py spends more CPU per
+        command of a pipeline than Redis spends on a save)."""
+        if len(calls) == 1:
+            return await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls, extra)
+        keys = [key for call_keys, _ in calls for key in call_keys]
+        args = [arg for _, call_args in calls for arg in call_args]
+        (reply,) = await self._eval_many(
+            "save", redis_scripts.SAVE_MANY, self._save_many_sha, [(keys, args)], extra
+        )
+        if isinstance(reply, BaseException):
+            return [reply] * len(calls)
+        return list(reply)
 
     def _save_extras(
         self, items: Sequence[tuple[SessionRecord, int]], now: float

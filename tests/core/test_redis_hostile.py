@@ -169,6 +169,26 @@ async def test_a_record_key_of_another_type_is_corrupt_not_unavailable(
         await store.load(rec.id)
 
 
+async def test_a_broken_key_fails_only_its_own_save_in_a_batch(
+    store: RedisStore, raw_redis: aioredis.Redis
+) -> None:
+    """The saves of one batch go to Redis as one script: a session whose keys are
+    broken fails alone, the others before and after it are saved."""
+    recs = [record(owner="bob") for _ in range(3)]
+    for rec in recs:
+        await store.create(rec, 10)
+    broken = recs[1]
+    await raw_redis.delete(f"{PREFIX}t:{broken.id}")
+    await raw_redis.set(f"{PREFIX}t:{broken.id}", b"junk")
+    await raw_redis.delete(f"{PREFIX}s:{broken.id}")  # the save reads the tombstone
+    stepped = [replace(rec, steps=rec.steps + 1, revision=rec.revision + 1) for rec in recs]
+    outcomes = await store.save_many([(rec, rec.revision - 1) for rec in stepped])
+    assert outcomes[0] is True and outcomes[2] is True
+    assert isinstance(outcomes[1], SessionCorrupt)
+    for i in (0, 2):
+        assert (await store.load(recs[i].id)).steps == recs[i].steps + 1
+
+
 @pytest.mark.parametrize("tomb", ["a string", "an unknown reason"])
 async def test_a_damaged_tombstone_is_corrupt_and_deletable(
     store: RedisStore, raw_redis: aioredis.Redis, tomb: str
