@@ -52,9 +52,16 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-router = APIRouter(
-    prefix="/v1", responses=PROBLEM_RESPONSES, generate_unique_id_function=_operation_id
-)
+def _router() -> APIRouter:
+    return APIRouter(
+        prefix="/v1", responses=PROBLEM_RESPONSES, generate_unique_id_function=_operation_id
+    )
+
+
+hot = _router()
+"""The whole-sequence predict: included ahead of every other router (``service.http.app``)."""
+router = _router()
+"""Every other ``/v1`` route (the session step is ``service.http.v1.step``)."""
 
 GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -179,7 +186,7 @@ async def get_model(core: Core, owner: Owner, name: str, version: str | None = N
     return json_response(doc)
 
 
-@router.post("/models/{name}/predict", tags=["models"], openapi_extra=request_body(PredictBody))
+@hot.post("/models/{name}/predict", tags=["models"], openapi_extra=request_body(PredictBody))
 async def predict(core: Core, owner: Owner, name: str, body: Predict) -> Response:
     model = core.registry.get(name, body.version)
     mode = body.return_

@@ -65,7 +65,16 @@ INFER_OK: dict[int | str, dict[str, Any]] = {
     }
 }
 
-router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route, responses=ERROR_RESPONSES)
+
+def _router() -> APIRouter:
+    return APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route, responses=ERROR_RESPONSES)
+
+
+hot = _router()
+"""Inference: included ahead of every other router but the ``/v1`` predict's
+(``service.http.app``)."""
+router = _router()
+"""Every other ``/v2`` route."""
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -76,15 +85,15 @@ def _plane(core: Core) -> DataPlane:
     return DataPlane(core.sessions)
 
 
-# -- inference (first: the router tries routes in the order they are declared) ----------
+# -- inference ------------------------------------------------------------------------------
 
 
-@router.post("/models/{name}/infer", responses=INFER_OK)
+@hot.post("/models/{name}/infer", responses=INFER_OK)
 async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", responses=INFER_OK)
+@hot.post("/models/{name}/versions/{version}/infer", responses=INFER_OK)
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 
