@@ -8,7 +8,6 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +20,7 @@ from service.http import health, websocket
 from service.http.console.routes import mount_console
 from service.http.context import RequestContext, RequestContextMiddleware
 from service.http.docs_ui import mount_docs_ui
+from service.http.endpoint import RequestEndpoint, document
 from service.http.problems import (
     client_disconnect_handler,
     http_error_handler,
@@ -30,8 +30,10 @@ from service.http.problems import (
 )
 from service.http.rate_limit import RateLimiter
 from service.http.state import AppState
+from service.http.v1 import predict
 from service.http.v1 import routes as v1_routes
 from service.http.v1 import step as v1_step
+from service.http.v2 import infer
 from service.http.v2 import routes as v2_routes
 from service.inference.runner import Runner
 from service.metrics import Metrics
@@ -175,35 +177,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     routes = app.router.routes
     mark = len(routes)
-    for router in (v1_routes.hot, v2_routes.hot, v1_routes.router, v2_routes.router):
-        app.include_router(router)
+    app.include_router(v1_routes.router)
+    app.include_router(v2_routes.router)
     hot = routes[mark:]
     app.include_router(websocket.router)
     # The router tries routes in list order, each at a cost (an included router's route
-    # costs several µs), so the request routes are matched first: the step, then the
-    # predict and the /v2 infer (each in a router of its own), then the other /v1 and /v2
-    # routes; the docs, health, metrics and the WebSocket handshake come after them. No two
-    # routes match the same path and method, so the order changes nothing else.
-    step = Route(v1_step.ROUTE, v1_step.StepEndpoint(), methods=["POST"], name="step_session")
-    routes[:] = [step, *hot, *(r for r in routes if not any(r is h for h in hot))]
+    # costs several µs), so the hot routes come first (plain Starlette routes:
+    # service.http.endpoint), then the other /v1 and /v2 routes; the docs, health, metrics
+    # and the WebSocket handshake come after them. No two routes match the same path and
+    # method, so the order changes nothing else.
+    plain = [
+        Route(v1_step.ROUTE, v1_step.StepEndpoint(), methods=["POST"], name="step_session"),
+        Route(predict.ROUTE, RequestEndpoint(predict.ROUTE, predict.predict), methods=["POST"]),
+        Route(infer.ROUTE, RequestEndpoint(infer.ROUTE, infer.infer), methods=["POST"]),
+        Route(
+            infer.VERSION_ROUTE,
+            RequestEndpoint(infer.VERSION_ROUTE, infer.infer),
+            methods=["POST"],
+        ),
+    ]
+    routes[:] = [*plain, *hot, *(r for r in routes if not any(r is h for h in hot))]
     # An access line is an INFO record of "service.access": a level above INFO turns it off.
     log_requests = settings.request_log and access_logger.isEnabledFor(logging.INFO)
     context = RequestContext(metrics, log_requests)
     app.add_middleware(RequestContextMiddleware, context=context)
-    document_step(app)
+    document(
+        app,
+        {
+            v1_step.ROUTE: {"post": v1_step.openapi_operation()},
+            predict.ROUTE: {"post": predict.openapi_operation()},
+            **infer.openapi_operations(),
+        },
+    )
     return app
-
-
-def document_step(app: FastAPI) -> None:
-    """Add the session step (a plain Starlette route, which FastAPI does not describe) to
-    the app's OpenAPI document, as FastAPI's guide to extending OpenAPI does."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()
-        schema["paths"].setdefault(v1_step.ROUTE, {}).setdefault(
-            "post", v1_step.openapi_operation()
-        )
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -9,7 +9,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from service.errors import StoreUnavailable
 from service.http.deps import Core
-from service.http.v1.routes import json_response
+from service.http.v1.schemas import json_response
 
 router = APIRouter()
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
 from service.errors import InvalidInput, ServeError
-from service.http.deps import Core, Owner, body_of, get_owner
+from service.http.deps import Core, Owner, body_of
 from service.http.gate import check_output_budget
 from service.http.problems import INTERNAL_PROBLEM, problem_of
 from service.http.state import AppState
@@ -24,8 +24,8 @@ from service.http.v1.schemas import (
     CreateSessionBody,
     ForkBody,
     GenerateBody,
-    PredictBody,
     SessionGenerateBody,
+    json_response,
     request_body,
 )
 from service.http.v1.session_codec import session_view
@@ -37,10 +37,9 @@ from service.inference.generation import (
     collect,
     rollout,
 )
-from service.models.distribution import sequence_view
-from service.models.encoding import decode_sequence, parse_body_inputs
+from service.models.encoding import parse_body_inputs
 from service.models.manifest import TextInput, is_version_number
-from service.models.output_size import v1_generated_step_bytes, v1_outputs_bytes
+from service.models.output_size import v1_generated_step_bytes
 from service.models.registry import LoadedModel
 from service.sessions.manager import SessionManager
 
@@ -52,16 +51,11 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def _router() -> APIRouter:
-    return APIRouter(
-        prefix="/v1", responses=PROBLEM_RESPONSES, generate_unique_id_function=_operation_id
-    )
-
-
-hot = _router()
-"""The whole-sequence predict: included ahead of every other router (``service.http.app``)."""
-router = _router()
-"""Every other ``/v1`` route (the session step is ``service.http.v1.step``)."""
+router = APIRouter(
+    prefix="/v1", responses=PROBLEM_RESPONSES, generate_unique_id_function=_operation_id
+)
+"""The ``/v1`` routes but the session step (``service.http.v1.step``) and the predict
+(``service.http.v1.predict``)."""
 
 GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -110,15 +104,6 @@ CREATED_SESSION: dict[int | str, dict[str, Any]] = {
 SESSION: dict[int | str, dict[str, Any]] = {200: {"model": SessionView}}
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
 def _version(value: object, where: str = "version") -> int | None:
     if value is None:
         return None
@@ -131,18 +116,11 @@ def _version(value: object, where: str = "version") -> int | None:
     return value
 
 
-_predict_body = body_of(PredictBody)
 Generate = Annotated[GenerateBody, Depends(body_of(GenerateBody))]
 SessionGenerate = Annotated[SessionGenerateBody, Depends(body_of(SessionGenerateBody))]
 CreateSession = Annotated[CreateSessionBody, Depends(body_of(CreateSessionBody))]
 Fork = Annotated[ForkBody, Depends(body_of(ForkBody, required=False))]
 """Bodies validated by the models ``/openapi.json`` publishes (``service.http.deps.body_of``)."""
-
-
-def _given(body: BaseModel, *names: str) -> dict[str, Any]:
-    """The fields among ``names`` that the client sent, by name (the core's body form)."""
-    sent = body.model_fields_set
-    return {name: getattr(body, name) for name in names if name in sent}
 
 
 def _options(body: GenerateBody | SessionGenerateBody) -> dict[str, Any]:
@@ -184,41 +162,6 @@ async def get_model(core: Core, owner: Owner, name: str, version: str | None = N
     doc = model.manifest.public(core.registry.versions(name))
     doc["default_version"] = core.registry.default_version(name)
     return json_response(doc)
-
-
-@hot.post("/models/{name}/predict", tags=["models"], openapi_extra=request_body(PredictBody))
-async def predict(request: Request, name: str) -> Response:
-    """The hot route calls its dependencies' functions itself instead of declaring them
-    (as the ``/v2`` infer does): FastAPI's dependency solving cost more than the rest of
-    the request's Python work. The same gate, the same body validation."""
-    core: AppState = request.app.state.core
-    await get_owner(request)
-    body = await _predict_body(request)
-    model = core.registry.get(name, body.version)
-    mode = body.return_
-    settings = core.settings
-    seqs, batched = parse_body_inputs(
-        model.manifest,
-        _given(body, "inputs", "text"),
-        settings.max_steps_per_request,
-        settings.max_batch_sequences,
-    )
-    estimate = v1_outputs_bytes(
-        model.manifest, [len(s) for s in seqs], mode == "all", settings.top_k_default
-    )
-    check_output_budget(estimate, settings.max_response_bytes, "this prediction")
-    results = await core.runner.run(model, seqs)
-    m = model.manifest
-    outputs = [decode_sequence(m, r.outputs, mode, settings.top_k_default, r.wire) for r in results]
-    out: dict[str, Any] = {
-        "model": model.name,
-        "version": model.version,
-        "outputs": outputs if batched else outputs[0],
-    }
-    if m.distribution is not None:
-        views = [sequence_view(m, r.outputs, r.wire, mode) for r in results]
-        out["distribution"] = views if batched else views[0]
-    return json_response(out)
 
 
 def _context(

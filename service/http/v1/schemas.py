@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.responses import Response
 from typing_extensions import TypedDict
 
 from service.errors import InvalidInput, UnknownField
@@ -236,3 +238,18 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in _PROBLEM_STATUSES.items()
 }
 """Every /v1 route's documented error responses: RFC 9457 problem details."""
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def given(body: BaseModel, *names: str) -> dict[str, Any]:
+    """The fields among ``names`` that the client sent, by name (the core's body form)."""
+    sent = body.model_fields_set
+    return {name: getattr(body, name) for name in names if name in sent}

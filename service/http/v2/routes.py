@@ -3,7 +3,8 @@
 What a request does is the shared ``service.oip.dataplane.DataPlane`` (the gRPC door calls
 it too); this module only reads the HTTP wire format (``codec``) and writes responses.
 Every ``ServeError`` raised here (or in a dependency, such as authentication) becomes
-``{"error": ...}`` with Triton's status code through ``V2Route``.
+``{"error": ...}`` with Triton's status code through ``V2Route``. The infer is
+``service.http.v2.infer``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from service.errors import ServeError
-from service.http.deps import Core, Owner, get_owner, read_body
+from service.http.deps import Core, Owner
 from service.http.health import readiness
-from service.http.state import AppState
-from service.http.v2 import codec
 from service.http.v2.errors import error_response, v2_error
 from service.oip.dataplane import DataPlane
 
@@ -66,15 +65,8 @@ INFER_OK: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _router() -> APIRouter:
-    return APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route, responses=ERROR_RESPONSES)
-
-
-hot = _router()
-"""Inference: included ahead of every other router but the ``/v1`` predict's
-(``service.http.app``)."""
-router = _router()
-"""Every other ``/v2`` route."""
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route, responses=ERROR_RESPONSES)
+"""The ``/v2`` routes but the infer (``service.http.v2.infer``)."""
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -83,42 +75,6 @@ def _json(body: Any, status: int = 200) -> Response:
 
 def _plane(core: Core) -> DataPlane:
     return DataPlane(core.sessions)
-
-
-# -- inference ------------------------------------------------------------------------------
-
-
-@hot.post("/models/{name}/infer", responses=INFER_OK)
-async def infer(request: Request, name: str) -> Response:
-    return await _infer(request, name, None)
-
-
-@hot.post("/models/{name}/versions/{version}/infer", responses=INFER_OK)
-async def infer_version(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, name, version)
-
-
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    """The hot route calls the ``Owner`` dependency's function itself instead of declaring
-    it: FastAPI's dependency solving cost more than the request's own parsing."""
-    core: AppState = request.app.state.core
-    owner = await get_owner(request)
-    settings = core.settings
-    raw = await read_body(request, json_only=False)
-    body = codec.decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
-    header, binary = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
-    req = codec.parse_request(header, binary)
-    result = await _plane(core).infer(owner, name, version, req)
-    model = result.model
-    out, header_length = codec.encode_response(model.name, model.version, result.outputs, req.id)
-    out, encoding = codec.compress(out, request.headers.get("accept-encoding"))
-    headers: dict[str, str] = {}
-    if encoding is not None:
-        headers["Content-Encoding"] = encoding
-    if header_length is None:
-        return Response(out, media_type="application/json", headers=headers)
-    headers[codec.HEADER_LENGTH] = str(header_length)
-    return Response(out, media_type="application/octet-stream", headers=headers)
 
 
 # -- server and health --------------------------------------------------------------------
