@@ -188,12 +188,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # method, so the order changes nothing else.
     plain = [
         Route(v1_step.ROUTE, v1_step.StepEndpoint(), methods=["POST"], name="step_session"),
-        Route(predict.ROUTE, RequestEndpoint(predict.ROUTE, predict.predict), methods=["POST"]),
-        Route(infer.ROUTE, RequestEndpoint(infer.ROUTE, infer.infer), methods=["POST"]),
+        Route(
+            predict.ROUTE,
+            RequestEndpoint(predict.ROUTE, predict.predict),
+            methods=["POST"],
+            name="predict",
+        ),
+        Route(
+            infer.ROUTE,
+            RequestEndpoint(infer.ROUTE, infer.infer),
+            methods=["POST"],
+            name="infer",
+        ),
         Route(
             infer.VERSION_ROUTE,
             RequestEndpoint(infer.VERSION_ROUTE, infer.infer),
             methods=["POST"],
+            name="infer_version",
         ),
     ]
     routes[:] = [*plain, *hot, *(r for r in routes if not any(r is h for h in hot))]
