@@ -80,9 +80,10 @@ local function save(krec, ktomb, klive, kowner, meta, data)
   redis.call('DEL', krec)
   redis.call('HSET', krec, unpack(fields))
   redis.call('PEXPIRE', krec, ttl_ms)
-  redis.call('DEL', ktomb)
-  redis.call('HSET', ktomb, 'reason', 'expired', 'owner', owner)
-  redis.call('PEXPIRE', ktomb, tomb_ms)
+  if redis.call('PEXPIRE', ktomb, tomb_ms) == 0 then
+    redis.call('HSET', ktomb, 'reason', 'expired', 'owner', owner)
+    redis.call('PEXPIRE', ktomb, tomb_ms)
+  end
   redis.call('ZADD', klive, expires_at, id)
   if kowner then
     redis.call('SADD', kowner, id)
