@@ -32,7 +32,7 @@ Errors (``service.sessions.redis_errors``): an outage is ``StoreUnavailable``, a
 reply about a session's own keys or a record that fails validation is ``SessionCorrupt``.
 Nothing is retried inside the client: a timed-out ``save`` may or may not have been
 applied (its cached copy is dropped); the session manager's offsets make the client's
-retry safe instead.
+retry safe instead. redis-py reopens dead pooled connections: no restart after an outage.
 
 Topologies (``redis_connect``): one Redis; a primary found through Sentinel (this layout);
 Redis Cluster (``service.sessions.redis_cluster``: each session's keys in one slot).
