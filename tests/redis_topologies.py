@@ -108,6 +108,12 @@ class Node:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of this server's log (for a failed test's report)."""
+        log = self.workdir / "redis.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return f"--- {self.workdir.name} :{self.port}\n" + "\n".join(text.splitlines()[-lines:])
+
 
 class ClusterProcesses:
     """Three primaries, three replicas: a Redis Cluster on free ports."""
@@ -203,6 +209,9 @@ class ClusterProcesses:
         for node in self.nodes:
             node.kill()
 
+    def log_tails(self) -> str:
+        return "\n".join(node.log_tail() for node in self.nodes)
+
 
 class SentinelProcesses:
     """One primary, one replica, three sentinels watching them as ``mymaster``."""
@@ -289,6 +298,9 @@ class SentinelProcesses:
     def stop(self) -> None:
         for node in self.sentinels + self.data:
             node.kill()
+
+    def log_tails(self) -> str:
+        return "\n".join(node.log_tail() for node in self.sentinels + self.data)
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,11 @@ def test_primary_killed_under_load(
             recovered_at = time.monotonic()
             load.finish()
             v = verify(cluster.url, load)
+    except BaseException:
+        with capsys.disabled():  # what the servers said, for a failure that is hard to repeat
+            print(f"\n[failover] {topology} wait={wait} failed; the servers' logs:")
+            print(servers.log_tails())
+        raise
     finally:
         servers.stop()
     failed = [t for t in load.failed_at if killed_at <= t <= recovered_at]
