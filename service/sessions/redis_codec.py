@@ -117,7 +117,7 @@ def save_args(
     lengths = ",".join([f"{len(k)}:{len(v)}" for k, v in zip(fields, values, strict=True)])
     meta = (
         f"{expected_revision} {incarnation(rec)} {rec.expires_at!r} {ttl_ms} {tomb_ms} "
-        f"{len(rid)} {len(owner)} {lengths}"
+        f"{len(rid)} {len(owner)} {rec.kind} {lengths}"
     )
     return meta, b"".join([rid, owner, "".join(fields).encode(), *values])
 

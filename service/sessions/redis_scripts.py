@@ -6,7 +6,7 @@ prefix), so on one Redis it touches keys of several sessions. On Redis Cluster
 (``service.sessions.redis_cluster``) ``CREATE``, ``SAVE``, ``EVICT`` and ``DELETE`` are called
 without the owner index (``KEYS[4]`` absent, no per-owner limit in the script), so each
 touches the keys of one session only, all in one slot; ``RESERVE`` keeps the owner index,
-in the owner's slot.
+in the owner's slot. ``SAVE_MANY`` (one Redis only) builds its keys from the prefix.
 """
 
 from __future__ import annotations
@@ -52,26 +52,33 @@ Returns {1, pruned} created, {0, pruned} at ``max_sessions``, {2, pruned} at the
 limit; ``pruned`` is how many expired ids left the live set."""
 
 _SAVE_ONE = """
-local function save(krec, ktomb, klive, kowner, meta, data)
-  local rev, inc, expires_at, ttl_ms, tomb_ms, idlen, ownerlen, lengths =
-    string.match(meta, '^(%d+) (%S+) (%S+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+local function parse(meta, data)
+  local s = {}
+  local idlen, ownerlen
+  s.rev, s.inc, s.expires_at, s.ttl_ms, s.tomb_ms, idlen, ownerlen, s.kind, s.lengths =
+    string.match(meta, '^(%d+) (%S+) (%S+) (%d+) (%d+) (%d+) (%d+) (%S+) (.*)$')
+  idlen, ownerlen = tonumber(idlen), tonumber(ownerlen)
+  s.id = string.sub(data, 1, idlen)
+  s.owner = string.sub(data, idlen + 1, idlen + ownerlen)
+  s.at = idlen + ownerlen + 1
+  return s
+end
+
+local function save(krec, ktomb, klive, kowner, s, data)
   local cur = redis.call('HMGET', krec, 'r', 'c')
   if not cur[1] then
     local reason = redis.call('HGET', ktomb, 'reason')
     if reason then return {2, reason} end
     return {3}
   end
-  if cur[1] ~= rev or (cur[2] and cur[2] ~= inc) then return {0} end
-  idlen, ownerlen = tonumber(idlen), tonumber(ownerlen)
-  local id = string.sub(data, 1, idlen)
-  local owner = string.sub(data, idlen + 1, idlen + ownerlen)
+  if cur[1] ~= s.rev or (cur[2] and cur[2] ~= s.inc) then return {0} end
   local fields = {}
-  local at = idlen + ownerlen + 1
+  local at = s.at
   local pos = at
-  for nlen in string.gmatch(lengths, '(%d+):') do
+  for nlen in string.gmatch(s.lengths, '(%d+):') do
     pos = pos + tonumber(nlen)
   end
-  for nlen, vlen in string.gmatch(lengths, '(%d+):(%d+)') do
+  for nlen, vlen in string.gmatch(s.lengths, '(%d+):(%d+)') do
     nlen, vlen = tonumber(nlen), tonumber(vlen)
     fields[#fields + 1] = string.sub(data, at, at + nlen - 1)
     fields[#fields + 1] = string.sub(data, pos, pos + vlen - 1)
@@ -79,16 +86,16 @@ local function save(krec, ktomb, klive, kowner, meta, data)
   end
   redis.call('DEL', krec)
   redis.call('HSET', krec, unpack(fields))
-  redis.call('PEXPIRE', krec, ttl_ms)
-  if redis.call('PEXPIRE', ktomb, tomb_ms) == 0 then
-    redis.call('HSET', ktomb, 'reason', 'expired', 'owner', owner)
-    redis.call('PEXPIRE', ktomb, tomb_ms)
+  redis.call('PEXPIRE', krec, s.ttl_ms)
+  if redis.call('PEXPIRE', ktomb, s.tomb_ms) == 0 then
+    redis.call('HSET', ktomb, 'reason', 'expired', 'owner', s.owner)
+    redis.call('PEXPIRE', ktomb, s.tomb_ms)
   end
-  redis.call('ZADD', klive, expires_at, id)
+  redis.call('ZADD', klive, s.expires_at, s.id)
   if kowner then
-    redis.call('SADD', kowner, id)
-    if redis.call('PTTL', kowner) < tonumber(ttl_ms) then
-      redis.call('PEXPIRE', kowner, ttl_ms)
+    redis.call('SADD', kowner, s.id)
+    if redis.call('PTTL', kowner) < tonumber(s.ttl_ms) then
+      redis.call('PEXPIRE', kowner, s.ttl_ms)
     end
   end
   return {1}
@@ -98,13 +105,13 @@ end
 SAVE = (
     _SAVE_ONE
     + """
-return save(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+return save(KEYS[1], KEYS[2], KEYS[3], KEYS[4], parse(ARGV[1], ARGV[2]), ARGV[2])
 """
 )
 """KEYS: record, tombstone, live[, owner index]. ARGV: the save's two arguments
 (``redis_codec.save_args``): ``"{expected revision} {expected incarnation} {expires_at}
-{ttl_ms} {tomb_ms} {id length} {owner length} {name:value,...}"``, the byte lengths of
-each field's name and value; and the id, the owner, the fields' names and the fields'
+{ttl_ms} {tomb_ms} {id length} {owner length} {kind} {name:value,...}"``, the byte lengths
+of each field's name and value; and the id, the owner, the fields' names and the fields'
 values, end to end. The incarnation is field ``c``; a record without it, written by an
 older version, is not checked. Two arguments, not two per field: redis-py's asyncio
 client packs every argument in Python, and that was the largest cost of a step.
@@ -114,11 +121,15 @@ such session."""
 SAVE_MANY = (
     _SAVE_ONE
     + """
+local p = ARGV[1]
 local out = {}
-for i = 1, #ARGV / 2 do
-  local k = 4 * (i - 1)
-  local ok, res = pcall(save, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
-                        ARGV[2 * i - 1], ARGV[2 * i])
+for i = 1, (#ARGV - 1) / 2 do
+  local meta, data = ARGV[2 * i], ARGV[2 * i + 1]
+  local ok, res = pcall(function()
+    local s = parse(meta, data)
+    return save(p .. 's:' .. s.id, p .. 't:' .. s.id, p .. 'live',
+                p .. 'o:' .. s.kind .. ':' .. s.owner, s, data)
+  end)
   if ok then
     out[i] = res
   elseif type(res) == 'table' and res.err then
@@ -130,10 +141,13 @@ end
 return out
 """
 )
-"""One Redis only: ``SAVE`` of several sessions in one call (a batch's saves, one command
-and one reply). KEYS: four per session, as ``SAVE``'s; ARGV: two per session, as
-``SAVE``'s. Returns one ``SAVE`` reply per session, in order; a session whose save fails
-(``WRONGTYPE`` on its keys) has an error in its place, and the others are saved."""
+"""One Redis only (not Redis Cluster): ``SAVE`` of several sessions in one call, one command
+and one reply for a batch's saves. No KEYS: ARGV[1] is the key prefix and each session's
+keys are built from it as ``RedisStore`` lays them out (``{p}s:{id}``, ``{p}t:{id}``,
+``{p}live``, ``{p}o:{kind}:{owner}``), then two arguments per session, as ``SAVE``'s: four
+keys per session would be four more arguments for redis-py to pack in Python. Returns one
+``SAVE`` reply per session, in order; a session whose save fails (``WRONGTYPE`` on its
+keys) has an error in its place, and the others are saved."""
 
 EVICT = """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end

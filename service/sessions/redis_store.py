@@ -291,14 +291,14 @@ class RedisStore:
 
     async def _save_calls(self, calls: list[Call], extra: Sequence[Any]) -> list[Any]:
         """One reply per ``SAVE`` call. One Redis: several calls are one ``SAVE_MANY``
-        script, one command and one reply for the batch (redis-py spends more CPU per
-        command of a pipeline than Redis spends on a save)."""
+        script, one command and one reply for the batch, its keys built in the script from
+        the prefix (redis-py spends more CPU packing a pipeline's commands and arguments
+        than Redis spends on the saves)."""
         if len(calls) == 1:
             return await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls, extra)
-        keys = [key for call_keys, _ in calls for key in call_keys]
-        args = [arg for _, call_args in calls for arg in call_args]
+        args = [self.prefix, *(arg for _, call_args in calls for arg in call_args)]
         (reply,) = await self._eval_many(
-            "save", redis_scripts.SAVE_MANY, self._save_many_sha, [(keys, args)], extra
+            "save", redis_scripts.SAVE_MANY, self._save_many_sha, [([], args)], extra
         )
         if isinstance(reply, BaseException):
             return [reply] * len(calls)
