@@ -302,11 +302,17 @@ def response_bytes(manifest: Manifest, inputs: ModelInputs, request: InferReques
     )
 
 
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """``np.stack(arrays)``; one array becomes a view with a batch axis (the common
+    request of one sequence, where ``np.stack`` costs more than the rest of the tensor)."""
+    return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
+
+
 def model_outputs(manifest: Manifest, results: list[SeqResult]) -> dict[str, np.ndarray]:
     """Per-sequence runner results → ``OUTPUT`` ``[batch, time, O]`` (and a probabilistic
     model's ``SCALE`` and ``QUANTILES``)."""
     if isinstance(manifest.output, RegressionOutput):
-        wire = np.stack([in_data_units(manifest, r.outputs, r.wire) for r in results])
+        wire = _stack([in_data_units(manifest, r.outputs, r.wire) for r in results])
         wire = wire.astype(np.float32, copy=False)
         d = manifest.distribution
         if d is None:
@@ -317,12 +323,14 @@ def model_outputs(manifest: Manifest, results: list[SeqResult]) -> dict[str, np.
             SCALE: np.ascontiguousarray(scale),
             QUANTILES: distribution.quantiles(d, wire),
         }
-    y = np.stack([r.outputs for r in results]).astype(np.float32, copy=False)
+    y = _stack([r.outputs for r in results]).astype(np.float32, copy=False)
     return {OUTPUT: softmax(y).astype(np.float32)}
 
 
 def state_outputs(manifest: Manifest, states: list[State]) -> dict[str, np.ndarray]:
     return {
-        state_tensor_name(s.name): np.stack([st[s.name] for st in states]).astype(np.float32)
+        state_tensor_name(s.name): _stack([st[s.name] for st in states]).astype(
+            np.float32, copy=False
+        )
         for s in manifest.state
     }
