@@ -14,7 +14,6 @@ from typing import Annotated, Any, TypeVar
 import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
@@ -116,11 +115,16 @@ async def read_body(request: Request, json_only: bool) -> bytes:
     """The raw body of ``request`` through the gate: content type (``json_only``: the
     ``/v1`` rule) and size (see ``receive_body``)."""
     core: AppState = request.app.state.core
-    headers: Headers = request.headers
-    length = headers.get("content-length")
+    length = kind = encoding = None
+    for name, value in request.scope["headers"]:  # one pass for the three it reads
+        if name == b"content-length":
+            length = value.decode("latin-1")
+        elif name == b"content-type":
+            kind = value.decode("latin-1")
+        elif name == b"transfer-encoding":
+            encoding = value.decode("latin-1")
     if json_only:
-        announced = has_body(length, headers.get("transfer-encoding"))
-        core.gate.check_content_type(headers.get("content-type"), announced)
+        core.gate.check_content_type(kind, has_body(length, encoding))
     return await receive_body(request.receive, core.gate, length)
 
 
