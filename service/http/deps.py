@@ -8,8 +8,8 @@ body, parses the JSON and validates it with the model ``/openapi.json`` publishe
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import orjson
 from fastapi import Depends, Request
@@ -111,21 +111,37 @@ async def receive_body(receive: Receive, gate: Gate, content_length: str | None)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class GateHeaders(NamedTuple):
+    """The request headers the gate reads."""
+
+    authorization: str | None
+    content_type: str | None
+    content_length: str | None
+    transfer_encoding: str | None
+
+
+def gate_headers(headers: Iterable[tuple[bytes, bytes]]) -> GateHeaders:
+    """``GateHeaders`` from an ASGI scope's headers, in one pass (the first of each)."""
+    found: dict[bytes, str] = {}
+    for name, value in headers:
+        if name in _GATE_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return GateHeaders(*(found.get(name) for name in _GATE_HEADERS))
+
+
+_GATE_HEADERS = (b"authorization", b"content-type", b"content-length", b"transfer-encoding")
+
+
 async def read_body(request: Request, json_only: bool) -> bytes:
     """The raw body of ``request`` through the gate: content type (``json_only``: the
     ``/v1`` rule) and size (see ``receive_body``)."""
     core: AppState = request.app.state.core
-    length = kind = encoding = None
-    for name, value in request.scope["headers"]:  # one pass for the three it reads
-        if name == b"content-length":
-            length = value.decode("latin-1")
-        elif name == b"content-type":
-            kind = value.decode("latin-1")
-        elif name == b"transfer-encoding":
-            encoding = value.decode("latin-1")
+    h = gate_headers(request.scope["headers"])
     if json_only:
-        core.gate.check_content_type(kind, has_body(length, encoding))
-    return await receive_body(request.receive, core.gate, length)
+        core.gate.check_content_type(
+            h.content_type, has_body(h.content_length, h.transfer_encoding)
+        )
+    return await receive_body(request.receive, core.gate, h.content_length)
 
 
 def parse_json_object(raw: bytes, required: bool = True) -> dict[str, Any]:

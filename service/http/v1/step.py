@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from service.errors import ServeError
-from service.http.deps import has_body, parse_json_object, receive_body
+from service.http.deps import gate_headers, has_body, parse_json_object, receive_body
 from service.http.problems import (
     CLIENT_DISCONNECTED,
     PROBLEM_JSON,
@@ -49,21 +49,12 @@ class StepEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         core: AppState = scope["app"].state.core
-        authorization = content_type = content_length = transfer_encoding = None
-        for name, value in scope["headers"]:  # one pass for everything the step reads
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"content-length":
-                content_length = value.decode("latin-1")
-            elif name == b"transfer-encoding":
-                transfer_encoding = value.decode("latin-1")
+        h = gate_headers(scope["headers"])  # one pass for everything the step reads
         try:
             gate = core.gate
-            owner = gate.admit(authorization)
-            gate.check_content_type(content_type, has_body(content_length, transfer_encoding))
-            raw = await receive_body(receive, gate, content_length)
+            owner = gate.admit(h.authorization)
+            gate.check_content_type(h.content_type, has_body(h.content_length, h.transfer_encoding))
+            raw = await receive_body(receive, gate, h.content_length)
             body = validate_step(parse_json_object(raw))
             settings = core.settings
             done = await core.sessions.advance(
