@@ -137,9 +137,11 @@ class RedisClusterStore(RedisStore):
             except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("asking Redis Cluster for its layout failed: %s", exc)
 
-    async def _save_calls(self, calls: list[Call], extra: Sequence[Any]) -> list[Any]:
+    async def _save_calls(
+        self, recs: list[SessionRecord], args: list[tuple[str, bytes]], extra: Sequence[Any]
+    ) -> list[Any]:
         """One ``SAVE`` call per session, in one pipeline: each on its own slot."""
-        return await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls, extra)
+        return await self._save_each(recs, args, extra)
 
     def _save_extras(
         self, items: Sequence[tuple[SessionRecord, int]], now: float

@@ -63,12 +63,16 @@ def save_outcome(rec: SessionRecord, reply: Any) -> bool:
     return status == 1
 
 
+Saved = bool | ServeError
+"""A save's outcome: saved or not (the compare-and-set), or the error it raised."""
+
+
 def save_outcomes(
     recs: Sequence[SessionRecord], replies: Sequence[Any], cache: RecordCache
-) -> list[bool | ServeError]:
+) -> list[Saved]:
     """Each save's outcome (``save_outcome``, an error in place of a raise); the cache
     keeps each record saved and drops the others."""
-    out: list[bool | ServeError] = []
+    out: list[Saved] = []
     for rec, reply in zip(recs, replies, strict=True):
         try:
             saved = save_outcome(rec, reply)

@@ -72,7 +72,7 @@ from service.sessions.redis_codec import (
 )
 from service.sessions.redis_connect import connect
 from service.sessions.redis_errors import is_outage, text, translated
-from service.sessions.redis_replies import listed, record_of, save_outcomes
+from service.sessions.redis_replies import Saved, listed, record_of, save_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -270,39 +270,41 @@ class RedisStore:
         # write, which completes (or fails) with its batch either way.
         return await self._saves.submit((rec, expected_revision))
 
-    async def save_many(
-        self, items: Sequence[tuple[SessionRecord, int]]
-    ) -> list[bool | ServeError]:
-        """The records' ``SAVE`` scripts in one round trip (``_save_calls``), each
-        compare-and-set on its own session's keys."""
+    async def save_many(self, items: Sequence[tuple[SessionRecord, int]]) -> list[Saved]:
+        """The saves in one round trip (``_save_calls``), each its own compare-and-set."""
         now = self._clock()
-        calls: list[Call] = []
-        for rec, expected in items:
-            ttl_ms, tomb_ms = self._expiries(rec, now)
-            calls.append((self._session_keys(rec), [*save_args(rec, expected, ttl_ms, tomb_ms)]))
+        recs = [rec for rec, _ in items]
+        args = [save_args(rec, expected, *self._expiries(rec, now)) for rec, expected in items]
         extra = self._save_extras(items, now)
         try:
-            replies = await self._save_calls(calls, extra)
+            replies = await self._save_calls(recs, args, extra)
         except StoreUnavailable as exc:  # applied or not: the copies are no longer known
-            for rec, _ in items:
+            for rec in recs:
                 self._cache.drop(rec.id)
             return [exc] * len(items)
-        return save_outcomes([rec for rec, _ in items], replies, self._cache)
+        return save_outcomes(recs, replies, self._cache)
 
-    async def _save_calls(self, calls: list[Call], extra: Sequence[Any]) -> list[Any]:
-        """One reply per ``SAVE`` call. One Redis: several calls are one ``SAVE_MANY``
-        script, one command and one reply for the batch, its keys built in the script from
-        the prefix (redis-py spends more CPU packing a pipeline's commands and arguments
-        than Redis spends on the saves)."""
-        if len(calls) == 1:
-            return await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls, extra)
-        args = [self.prefix, *(arg for _, call_args in calls for arg in call_args)]
+    async def _save_calls(
+        self, recs: list[SessionRecord], args: list[tuple[str, bytes]], extra: Sequence[Any]
+    ) -> list[Any]:
+        """One reply per save. One Redis: several saves are one ``SAVE_MANY`` call (one
+        command, one reply, keys built in the script): redis-py's packing costs more."""
+        if len(recs) == 1:
+            return await self._save_each(recs, args, extra)
+        flat = [self.prefix, *(arg for pair in args for arg in pair)]
         (reply,) = await self._eval_many(
-            "save", redis_scripts.SAVE_MANY, self._save_many_sha, [([], args)], extra
+            "save", redis_scripts.SAVE_MANY, self._save_many_sha, [([], flat)], extra
         )
         if isinstance(reply, BaseException):
-            return [reply] * len(calls)
+            return [reply] * len(recs)
         return list(reply)
+
+    async def _save_each(
+        self, recs: list[SessionRecord], args: list[tuple[str, bytes]], extra: Sequence[Any]
+    ) -> list[Any]:
+        """One ``SAVE`` call per record, on its session's keys (a pipeline for several)."""
+        calls: list[Call] = [(self._session_keys(r), [*a]) for r, a in zip(recs, args, strict=True)]
+        return await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls, extra)
 
     def _save_extras(
         self, items: Sequence[tuple[SessionRecord, int]], now: float
