@@ -15,7 +15,7 @@ OpenAPI does.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -51,6 +51,11 @@ def path_parameters(*names: str) -> list[dict[str, Any]]:
         }
         for name in names
     ]
+
+
+def responses(ok: dict[str, Any], errors: Mapping[int | str, dict[str, Any]]) -> dict[str, Any]:
+    """An operation's ``responses``: ``ok`` for 200, then each error status."""
+    return {"200": ok, **{str(status): response for status, response in errors.items()}}
 
 
 Operations = dict[str, dict[str, dict[str, Any]]]

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.http.deps import body_of, get_owner
-from service.http.endpoint import path_parameters
+from service.http.endpoint import path_parameters, responses
 from service.http.gate import check_output_budget
 from service.http.state import AppState
 from service.http.v1.schemas import (
@@ -72,11 +72,8 @@ def openapi_operation() -> dict[str, Any]:
         "operationId": "predict",
         "parameters": path_parameters("name"),
         **request_body(PredictBody),
-        "responses": {
-            "200": {
-                "description": "Successful Response",
-                "content": {"application/json": {"schema": {}}},
-            },
-            **{str(status): response for status, response in PROBLEM_RESPONSES.items()},
-        },
+        "responses": responses(
+            {"description": "Successful Response", "content": {"application/json": {"schema": {}}}},
+            PROBLEM_RESPONSES,
+        ),
     }

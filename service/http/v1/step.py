@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import ServeError
 from service.http.deps import gate_headers, has_body, parse_json_object, receive_body
+from service.http.endpoint import path_parameters, responses
 from service.http.problems import (
     CLIENT_DISCONNECTED,
     PROBLEM_JSON,
@@ -123,20 +124,13 @@ def openapi_operation() -> dict[str, Any]:
         "tags": ["sessions"],
         "summary": "Step Session",
         "operationId": "step_session",
-        "parameters": [
-            {
-                "name": "session_id",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string", "title": "Session Id"},
-            }
-        ],
+        "parameters": path_parameters("session_id"),
         **request_body(StepBody),
-        "responses": {
-            "200": {
+        "responses": responses(
+            {
                 "description": "The step's outputs, one per input step",
                 "content": {"application/json": {"schema": STEP_RESPONSE_SCHEMA}},
             },
-            **{str(status): response for status, response in PROBLEM_RESPONSES.items()},
-        },
+            PROBLEM_RESPONSES,
+        ),
     }

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from service.errors import ServeError
 from service.http.deps import get_owner, read_body
-from service.http.endpoint import Operations, path_parameters
+from service.http.endpoint import Operations, path_parameters, responses
 from service.http.state import AppState
 from service.http.v2 import codec
 from service.http.v2.errors import v2_error
@@ -62,13 +62,13 @@ def _operation(summary: str, operation_id: str, *params: str) -> dict[str, Any]:
         "summary": summary,
         "operationId": operation_id,
         "parameters": path_parameters(*params),
-        "responses": {
-            "200": {
+        "responses": responses(
+            {
                 **INFER_OK[200],
                 "content": {"application/json": {"schema": {}}, "application/octet-stream": {}},
             },
-            **{str(status): response for status, response in ERROR_RESPONSES.items()},
-        },
+            ERROR_RESPONSES,
+        ),
     }
 
 
