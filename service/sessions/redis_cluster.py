@@ -138,7 +138,7 @@ class RedisClusterStore(RedisStore):
                 log.warning("asking Redis Cluster for its layout failed: %s", exc)
 
     async def _save_calls(
-        self, recs: list[SessionRecord], args: list[tuple[str, bytes]], extra: Sequence[Any]
+        self, recs: list[SessionRecord], args: list[bytes], extra: Sequence[Any]
     ) -> list[Any]:
         """One ``SAVE`` call per session, in one pipeline: each on its own slot."""
         return await self._save_each(recs, args, extra)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgpack
 import numpy as np
 import orjson
 
@@ -105,21 +106,25 @@ def flat(fields: dict[str, bytes]) -> list[str | bytes]:
     return out
 
 
-def save_args(
-    rec: SessionRecord, expected_revision: int, ttl_ms: int, tomb_ms: int
-) -> tuple[str, bytes]:
-    """The ``SAVE`` script's two arguments for ``rec``: the compare-and-set's expected
-    revision and incarnation, the expiries and the byte length of each piece; then the id,
-    the owner, the fields' names and the fields' values, end to end."""
-    fields = record_fields(rec)
-    rid, owner = rec.id.encode(), rec.owner.encode()
-    values = fields.values()
-    lengths = ",".join([f"{len(k)}:{len(v)}" for k, v in zip(fields, values, strict=True)])
-    meta = (
-        f"{expected_revision} {incarnation(rec)} {rec.expires_at!r} {ttl_ms} {tomb_ms} "
-        f"{len(rid)} {len(owner)} {rec.kind} {lengths}"
-    )
-    return meta, b"".join([rid, owner, "".join(fields).encode(), *values])
+def save_args(rec: SessionRecord, expected_revision: int, ttl_ms: int, tomb_ms: int) -> bytes:
+    """The ``SAVE`` script's argument for ``rec``, one MessagePack array of strings: the
+    compare-and-set's expected revision and incarnation, ``expires_at``, the two expiries,
+    the id, the owner and the kind, then the record's fields as name, value, ... Packed in
+    the old raw format (``use_bin_type=False``), the one Redis's ``cmsgpack`` reads."""
+    items: list[str | bytes] = [
+        str(expected_revision),
+        incarnation(rec),
+        repr(rec.expires_at),
+        str(ttl_ms),
+        str(tomb_ms),
+        rec.id,
+        rec.owner,
+        rec.kind,
+    ]
+    for name, value in record_fields(rec).items():
+        items += [name, value]
+    packed: bytes = msgpack.packb(items, use_bin_type=False)
+    return packed
 
 
 # -- decoding ---------------------------------------------------------------------------------

@@ -52,50 +52,26 @@ Returns {1, pruned} created, {0, pruned} at ``max_sessions``, {2, pruned} at the
 limit; ``pruned`` is how many expired ids left the live set."""
 
 _SAVE_ONE = """
-local function parse(meta, data)
-  local s = {}
-  local idlen, ownerlen
-  s.rev, s.inc, s.expires_at, s.ttl_ms, s.tomb_ms, idlen, ownerlen, s.kind, s.lengths =
-    string.match(meta, '^(%d+) (%S+) (%S+) (%d+) (%d+) (%d+) (%d+) (%S+) (.*)$')
-  idlen, ownerlen = tonumber(idlen), tonumber(ownerlen)
-  s.id = string.sub(data, 1, idlen)
-  s.owner = string.sub(data, idlen + 1, idlen + ownerlen)
-  s.at = idlen + ownerlen + 1
-  return s
-end
-
-local function save(krec, ktomb, klive, kowner, s, data)
+local function save(krec, ktomb, klive, kowner, s)
   local cur = redis.call('HMGET', krec, 'r', 'c')
   if not cur[1] then
     local reason = redis.call('HGET', ktomb, 'reason')
     if reason then return {2, reason} end
     return {3}
   end
-  if cur[1] ~= s.rev or (cur[2] and cur[2] ~= s.inc) then return {0} end
-  local fields = {}
-  local at = s.at
-  local pos = at
-  for nlen in string.gmatch(s.lengths, '(%d+):') do
-    pos = pos + tonumber(nlen)
-  end
-  for nlen, vlen in string.gmatch(s.lengths, '(%d+):(%d+)') do
-    nlen, vlen = tonumber(nlen), tonumber(vlen)
-    fields[#fields + 1] = string.sub(data, at, at + nlen - 1)
-    fields[#fields + 1] = string.sub(data, pos, pos + vlen - 1)
-    at, pos = at + nlen, pos + vlen
-  end
+  if cur[1] ~= s[1] or (cur[2] and cur[2] ~= s[2]) then return {0} end
   redis.call('DEL', krec)
-  redis.call('HSET', krec, unpack(fields))
-  redis.call('PEXPIRE', krec, s.ttl_ms)
-  if redis.call('PEXPIRE', ktomb, s.tomb_ms) == 0 then
-    redis.call('HSET', ktomb, 'reason', 'expired', 'owner', s.owner)
-    redis.call('PEXPIRE', ktomb, s.tomb_ms)
+  redis.call('HSET', krec, unpack(s, 9))
+  redis.call('PEXPIRE', krec, s[4])
+  if redis.call('PEXPIRE', ktomb, s[5]) == 0 then
+    redis.call('HSET', ktomb, 'reason', 'expired', 'owner', s[7])
+    redis.call('PEXPIRE', ktomb, s[5])
   end
-  redis.call('ZADD', klive, s.expires_at, s.id)
+  redis.call('ZADD', klive, s[3], s[6])
   if kowner then
-    redis.call('SADD', kowner, s.id)
-    if redis.call('PTTL', kowner) < tonumber(s.ttl_ms) then
-      redis.call('PEXPIRE', kowner, s.ttl_ms)
+    redis.call('SADD', kowner, s[6])
+    if redis.call('PTTL', kowner) < tonumber(s[4]) then
+      redis.call('PEXPIRE', kowner, s[4])
     end
   end
   return {1}
@@ -105,16 +81,17 @@ end
 SAVE = (
     _SAVE_ONE
     + """
-return save(KEYS[1], KEYS[2], KEYS[3], KEYS[4], parse(ARGV[1], ARGV[2]), ARGV[2])
+return save(KEYS[1], KEYS[2], KEYS[3], KEYS[4], cmsgpack.unpack(ARGV[1]))
 """
 )
-"""KEYS: record, tombstone, live[, owner index]. ARGV: the save's two arguments
-(``redis_codec.save_args``): ``"{expected revision} {expected incarnation} {expires_at}
-{ttl_ms} {tomb_ms} {id length} {owner length} {kind} {name:value,...}"``, the byte lengths
-of each field's name and value; and the id, the owner, the fields' names and the fields'
-values, end to end. The incarnation is field ``c``; a record without it, written by an
-older version, is not checked. Two arguments, not two per field: redis-py's asyncio
-client packs every argument in Python, and that was the largest cost of a step.
+"""KEYS: record, tombstone, live[, owner index]. ARGV[1]: the save as one MessagePack array
+of strings (``redis_codec.save_args``): the compare-and-set's expected revision and
+incarnation, ``expires_at``, the record's and the tombstone's TTL in milliseconds, the id,
+the owner, the kind, then the record's fields as name, value, ... One argument, decoded by
+Redis's built-in ``cmsgpack`` in C: redis-py's asyncio client packs every argument in
+Python, and splitting one string into fields in Lua costs Redis more than the writes
+themselves (docs/performance.md). The incarnation is field ``c``; a record without it, written by an
+older version, is not checked.
 Returns {1} saved, {0} revision or incarnation mismatch, {2, reason} tombstone, {3} no
 such session."""
 
@@ -122,20 +99,20 @@ SAVE_MANY = (
     _SAVE_ONE
     + """
 local p = ARGV[1]
+local function save_packed(packed)
+  local s = cmsgpack.unpack(packed)
+  local id = s[6]
+  return save(p .. 's:' .. id, p .. 't:' .. id, p .. 'live', p .. 'o:' .. s[8] .. ':' .. s[7], s)
+end
 local out = {}
-for i = 1, (#ARGV - 1) / 2 do
-  local meta, data = ARGV[2 * i], ARGV[2 * i + 1]
-  local ok, res = pcall(function()
-    local s = parse(meta, data)
-    return save(p .. 's:' .. s.id, p .. 't:' .. s.id, p .. 'live',
-                p .. 'o:' .. s.kind .. ':' .. s.owner, s, data)
-  end)
+for i = 2, #ARGV do
+  local ok, res = pcall(save_packed, ARGV[i])
   if ok then
-    out[i] = res
+    out[i - 1] = res
   elseif type(res) == 'table' and res.err then
-    out[i] = res
+    out[i - 1] = res
   else
-    out[i] = redis.error_reply('ERR ' .. tostring(res))
+    out[i - 1] = redis.error_reply('ERR ' .. tostring(res))
   end
 end
 return out
@@ -144,7 +121,7 @@ return out
 """One Redis only (not Redis Cluster): ``SAVE`` of several sessions in one call, one command
 and one reply for a batch's saves. No KEYS: ARGV[1] is the key prefix and each session's
 keys are built from it as ``RedisStore`` lays them out (``{p}s:{id}``, ``{p}t:{id}``,
-``{p}live``, ``{p}o:{kind}:{owner}``), then two arguments per session, as ``SAVE``'s: four
+``{p}live``, ``{p}o:{kind}:{owner}``), then one argument per session, as ``SAVE``'s: four
 keys per session would be four more arguments for redis-py to pack in Python. Returns one
 ``SAVE`` reply per session, in order; a session whose save fails (``WRONGTYPE`` on its
 keys) has an error in its place, and the others are saved."""

@@ -56,20 +56,12 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from service.errors import (
-    CapacityReached,
-    ServeError,
-    StoreUnavailable,
-)
+from service.errors import CapacityReached, ServeError, StoreUnavailable
 from service.sessions import redis_scripts
 from service.sessions.cache import RecordCache
 from service.sessions.coalesce import TickBatch
 from service.sessions.record import Clock, SessionRecord
-from service.sessions.redis_codec import (
-    flat,
-    record_fields,
-    save_args,
-)
+from service.sessions.redis_codec import flat, record_fields, save_args
 from service.sessions.redis_connect import connect
 from service.sessions.redis_errors import is_outage, text, translated
 from service.sessions.redis_replies import Saved, listed, record_of, save_outcomes
@@ -285,13 +277,13 @@ class RedisStore:
         return save_outcomes(recs, replies, self._cache)
 
     async def _save_calls(
-        self, recs: list[SessionRecord], args: list[tuple[str, bytes]], extra: Sequence[Any]
+        self, recs: list[SessionRecord], args: list[bytes], extra: Sequence[Any]
     ) -> list[Any]:
         """One reply per save. One Redis: several saves are one ``SAVE_MANY`` call (one
         command, one reply, keys built in the script): redis-py's packing costs more."""
         if len(recs) == 1:
             return await self._save_each(recs, args, extra)
-        flat = [self.prefix, *(arg for pair in args for arg in pair)]
+        flat = [self.prefix, *args]
         (reply,) = await self._eval_many(
             "save", redis_scripts.SAVE_MANY, self._save_many_sha, [([], flat)], extra
         )
@@ -300,10 +292,10 @@ class RedisStore:
         return list(reply)
 
     async def _save_each(
-        self, recs: list[SessionRecord], args: list[tuple[str, bytes]], extra: Sequence[Any]
+        self, recs: list[SessionRecord], args: list[bytes], extra: Sequence[Any]
     ) -> list[Any]:
         """One ``SAVE`` call per record, on its session's keys (a pipeline for several)."""
-        calls: list[Call] = [(self._session_keys(r), [*a]) for r, a in zip(recs, args, strict=True)]
+        calls: list[Call] = [(self._session_keys(r), [a]) for r, a in zip(recs, args, strict=True)]
         return await self._eval_many("save", redis_scripts.SAVE, self._save_sha, calls, extra)
 
     def _save_extras(
