@@ -25,7 +25,7 @@ On ``service``'s gRPC port, ``benchmarks/grpc_load.py`` (``grpc.aio``) drives un
 ``ModelStreamInfer`` (``grpc_cases``), at each concurrency, after the WebSocket cases.
 
 Every HTTP case (step, predict, infer) is driven in turn on each server that has it, in
-``--rounds`` rounds.
+``--rounds`` rounds, every other round in reverse order.
 
 In-process it measures the raw onnxruntime step cost (the compute limit) and the memory
 of idle sessions (RSS growth of a fresh process creating them through the
@@ -586,8 +586,13 @@ def main(argv: list[str]) -> int:
                     if not drivers:
                         continue
                     docs: dict[str, list[dict[str, float]]] = {d[0]: [] for d in drivers}
-                    for _ in range(rounds):
-                        for name, port, script, script_args, path in drivers:
+                    for r in range(rounds):
+                        # every other round in reverse order, so that no server always
+                        # runs right after the same other one (a server busy with what
+                        # its load left queued, or the machine's drift, favours neither)
+                        for name, port, script, script_args, path in (
+                            drivers if r % 2 == 0 else drivers[::-1]
+                        ):
                             with cpu.measure(name, case, c) as got:
                                 doc = wrk(port, c, seconds / rounds, script, script_args, path)
                                 got.append(doc["requests"])
