@@ -90,8 +90,8 @@ incarnation, ``expires_at``, the record's and the tombstone's TTL in millisecond
 the owner, the kind, then the record's fields as name, value, ... One argument, decoded by
 Redis's built-in ``cmsgpack`` in C: redis-py's asyncio client packs every argument in
 Python, and splitting one string into fields in Lua costs Redis more than the writes
-themselves (docs/performance.md). The incarnation is field ``c``; a record without it, written by an
-older version, is not checked.
+themselves (docs/performance.md). The incarnation is field ``c``; a record without it,
+written by an older version, is not checked.
 Returns {1} saved, {0} revision or incarnation mismatch, {2, reason} tombstone, {3} no
 such session."""
 
