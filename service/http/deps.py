@@ -15,7 +15,7 @@ import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
 from service.errors import MalformedRequest, RequestTooLarge
 from service.http.gate import Gate
@@ -137,11 +137,23 @@ async def read_body(request: Request, json_only: bool) -> bytes:
     ``/v1`` rule) and size (see ``receive_body``)."""
     core: AppState = request.app.state.core
     h = gate_headers(request.scope["headers"])
+    return await _gated_body(core.gate, h, request.receive, json_only)
+
+
+async def admit_body(
+    core: AppState, scope: Scope, receive: Receive, json_only: bool
+) -> tuple[str, bytes]:
+    """A plain route's whole gate, from one pass over the headers: the caller (``Owner``'s
+    check and rate-limit token), then the body as ``read_body`` reads it."""
+    h = gate_headers(scope["headers"])
+    owner = core.gate.admit(h.authorization)
+    return owner, await _gated_body(core.gate, h, receive, json_only)
+
+
+async def _gated_body(gate: Gate, h: GateHeaders, receive: Receive, json_only: bool) -> bytes:
     if json_only:
-        core.gate.check_content_type(
-            h.content_type, has_body(h.content_length, h.transfer_encoding)
-        )
-    return await receive_body(request.receive, core.gate, h.content_length)
+        gate.check_content_type(h.content_type, has_body(h.content_length, h.transfer_encoding))
+    return await receive_body(receive, gate, h.content_length)
 
 
 def parse_json_object(raw: bytes, required: bool = True) -> dict[str, Any]:

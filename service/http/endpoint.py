@@ -15,7 +15,7 @@ OpenAPI does.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -53,9 +53,26 @@ def path_parameters(*names: str) -> list[dict[str, Any]]:
     ]
 
 
-def responses(ok: dict[str, Any], errors: Mapping[int | str, dict[str, Any]]) -> dict[str, Any]:
-    """An operation's ``responses``: ``ok`` for 200, then each error status."""
-    return {"200": ok, **{str(status): response for status, response in errors.items()}}
+def operation(
+    tag: str,
+    summary: str,
+    operation_id: str,
+    params: Sequence[str],
+    ok: dict[str, Any],
+    errors: Mapping[int | str, dict[str, Any]],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A plain route's OpenAPI operation, laid out as FastAPI lays out its own: its path
+    ``params``, its request ``body`` (``{"requestBody": ...}``) if it takes one, ``ok``
+    for 200 and then each error status."""
+    return {
+        "tags": [tag],
+        "summary": summary,
+        "operationId": operation_id,
+        "parameters": path_parameters(*params),
+        **(body or {}),
+        "responses": {"200": ok, **{str(status): r for status, r in errors.items()}},
+    }
 
 
 Operations = dict[str, dict[str, dict[str, Any]]]

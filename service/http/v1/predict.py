@@ -1,9 +1,9 @@
 """``POST /v1/models/{name}/predict``: whole sequences in, predictions out.
 
 A hot route, so a plain Starlette route (``service.http.endpoint``): it calls the gate
-(``get_owner``) and validates its body with ``PredictBody`` (``body_of``) itself, as the
-FastAPI routes do through their dependencies, and raises the core's errors to the app's
-problem handlers.
+(``admit_body``) and validates its body with ``PredictBody`` itself, as the FastAPI routes
+do through their dependencies, and raises the core's errors to the app's problem
+handlers.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.http.deps import body_of, get_owner
-from service.http.endpoint import path_parameters, responses
+from service.http.deps import admit_body, parse_json_object
+from service.http.endpoint import operation
 from service.http.gate import check_output_budget
 from service.http.state import AppState
 from service.http.v1.schemas import (
@@ -23,6 +23,7 @@ from service.http.v1.schemas import (
     given,
     json_response,
     request_body,
+    validate_body,
 )
 from service.models.distribution import sequence_view
 from service.models.encoding import decode_sequence, parse_body_inputs
@@ -30,13 +31,11 @@ from service.models.output_size import v1_outputs_bytes
 
 ROUTE = "/v1/models/{name}/predict"
 
-_body = body_of(PredictBody)
-
 
 async def predict(request: Request) -> Response:
     core: AppState = request.app.state.core
-    await get_owner(request)
-    body = await _body(request)
+    _, raw = await admit_body(core, request.scope, request.receive, json_only=True)
+    body = validate_body(PredictBody, parse_json_object(raw))
     model = core.registry.get(request.path_params["name"], body.version)
     mode = body.return_
     settings = core.settings
@@ -66,14 +65,12 @@ async def predict(request: Request) -> Response:
 
 def openapi_operation() -> dict[str, Any]:
     """The predict's operation in the OpenAPI document, from the same ``PredictBody``."""
-    return {
-        "tags": ["models"],
-        "summary": "Predict",
-        "operationId": "predict",
-        "parameters": path_parameters("name"),
-        **request_body(PredictBody),
-        "responses": responses(
-            {"description": "Successful Response", "content": {"application/json": {"schema": {}}}},
-            PROBLEM_RESPONSES,
-        ),
-    }
+    return operation(
+        "models",
+        "Predict",
+        "predict",
+        ["name"],
+        {"description": "Successful Response", "content": {"application/json": {"schema": {}}}},
+        PROBLEM_RESPONSES,
+        request_body(PredictBody),
+    )

@@ -20,8 +20,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from service.errors import ServeError
-from service.http.deps import gate_headers, has_body, parse_json_object, receive_body
-from service.http.endpoint import path_parameters, responses
+from service.http.deps import admit_body, parse_json_object
+from service.http.endpoint import operation
 from service.http.problems import (
     CLIENT_DISCONNECTED,
     PROBLEM_JSON,
@@ -50,12 +50,8 @@ class StepEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         core: AppState = scope["app"].state.core
-        h = gate_headers(scope["headers"])  # one pass for everything the step reads
         try:
-            gate = core.gate
-            owner = gate.admit(h.authorization)
-            gate.check_content_type(h.content_type, has_body(h.content_length, h.transfer_encoding))
-            raw = await receive_body(receive, gate, h.content_length)
+            owner, raw = await admit_body(core, scope, receive, json_only=True)
             body = validate_step(parse_json_object(raw))
             settings = core.settings
             done = await core.sessions.advance(
@@ -120,17 +116,15 @@ STEP_RESPONSE_SCHEMA: dict[str, Any] = {
 
 def openapi_operation() -> dict[str, Any]:
     """The step's operation in the OpenAPI document, from the same ``StepBody`` schema."""
-    return {
-        "tags": ["sessions"],
-        "summary": "Step Session",
-        "operationId": "step_session",
-        "parameters": path_parameters("session_id"),
-        **request_body(StepBody),
-        "responses": responses(
-            {
-                "description": "The step's outputs, one per input step",
-                "content": {"application/json": {"schema": STEP_RESPONSE_SCHEMA}},
-            },
-            PROBLEM_RESPONSES,
-        ),
-    }
+    return operation(
+        "sessions",
+        "Step Session",
+        "step_session",
+        ["session_id"],
+        {
+            "description": "The step's outputs, one per input step",
+            "content": {"application/json": {"schema": STEP_RESPONSE_SCHEMA}},
+        },
+        PROBLEM_RESPONSES,
+        request_body(StepBody),
+    )

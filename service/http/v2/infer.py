@@ -2,9 +2,9 @@
 inference over HTTP, JSON or with binary tensor data.
 
 A hot route, so a plain Starlette route (``service.http.endpoint``): it calls the gate
-(``get_owner``) and reads its body through it (``read_body``) itself, and answers every
-core error as ``{"error": ...}`` with Triton's status code, as ``V2Route`` does for the
-other ``/v2`` routes. The work is the shared ``service.oip.dataplane.DataPlane``.
+and reads its body through it (``admit_body``) itself, and answers every core error as
+``{"error": ...}`` with Triton's status code, as ``V2Route`` does for the other ``/v2``
+routes. The work is the shared ``service.oip.dataplane.DataPlane``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import ServeError
-from service.http.deps import get_owner, read_body
-from service.http.endpoint import Operations, path_parameters, responses
+from service.http.deps import admit_body
+from service.http.endpoint import Operations, operation
 from service.http.state import AppState
 from service.http.v2 import codec
 from service.http.v2.errors import v2_error
@@ -36,9 +36,8 @@ async def infer(request: Request) -> Response:
 
 async def _infer(request: Request) -> Response:
     core: AppState = request.app.state.core
-    owner = await get_owner(request)
+    owner, raw = await admit_body(core, request.scope, request.receive, json_only=False)
     settings = core.settings
-    raw = await read_body(request, json_only=False)
     body = codec.decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
     header, binary = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
     req = codec.parse_request(header, binary)
@@ -57,19 +56,17 @@ async def _infer(request: Request) -> Response:
 
 
 def _operation(summary: str, operation_id: str, *params: str) -> dict[str, Any]:
-    return {
-        "tags": ["v2"],
-        "summary": summary,
-        "operationId": operation_id,
-        "parameters": path_parameters(*params),
-        "responses": responses(
-            {
-                **INFER_OK[200],
-                "content": {"application/json": {"schema": {}}, "application/octet-stream": {}},
-            },
-            ERROR_RESPONSES,
-        ),
-    }
+    return operation(
+        "v2",
+        summary,
+        operation_id,
+        params,
+        {
+            **INFER_OK[200],
+            "content": {"application/json": {"schema": {}}, "application/octet-stream": {}},
+        },
+        ERROR_RESPONSES,
+    )
 
 
 def openapi_operations() -> Operations:
