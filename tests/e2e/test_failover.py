@@ -72,9 +72,9 @@ def test_primary_killed_under_load(
         if topology == "cluster"
         else SentinelProcesses(tmp_path / "redis")
     )
-    servers.start()
     assert PATIENT.attempts * PATIENT.max_backoff >= 15, "clients must ride out a failover"
     try:
+        servers.start()  # in the try: a start that fails is stopped and its logs shown
         with (
             running_cluster(
                 servers.url,
