@@ -46,14 +46,23 @@ class Cluster:
         assert self.nginx.grpc is not None, "started without grpc=True"
         return self.nginx.grpc
 
-    def upstreams(self, path_pattern: str) -> list[str]:
-        """Per logged request matching the path, the replicas nginx tried (``a:1, b:2``)."""
-        found = []
-        for line in self.nginx.access_log().splitlines():
-            m = re.search(r'"\w+ (\S+) HTTP[^"]*" .* upstream=(.+?) upstream_status=', line)
-            if m and re.fullmatch(path_pattern, m.group(1)):
-                found.append(m.group(2))
-        return found
+    def upstreams(self, path_pattern: str, count: int = 0, timeout: float = 5.0) -> list[str]:
+        """Per logged request matching the path, the replicas nginx tried (``a:1, b:2``).
+
+        nginx writes a request's log line once it has finalised the request, which can be
+        just after the client has its answer: with ``count``, wait (up to ``timeout``) until
+        that many matching lines are there, so the list holds every request already answered.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = []
+            for line in self.nginx.access_log().splitlines():
+                m = re.search(r'"\w+ (\S+) HTTP[^"]*" .* upstream=(.+?) upstream_status=', line)
+                if m and re.fullmatch(path_pattern, m.group(1)):
+                    found.append(m.group(2))
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
     def restart(self, index: int) -> Server:
         """Bring replica ``index`` back on its port (after it was stopped or killed)."""

@@ -6,7 +6,6 @@ stream, equals one whole-sequence prediction."""
 from __future__ import annotations
 
 import queue
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,14 +83,7 @@ def test_sequence_over_grpc_through_nginx_spans_replicas(cluster: Cluster) -> No
 
     np.testing.assert_allclose(np.concatenate(outputs, axis=1), whole, atol=TOL)
     assert cluster.grpc_ports is not None
-    # nginx writes a request's log line once it has finalised the request, which can be
-    # just after the client has its answer: wait for the last one
-    deadline = time.monotonic() + 5
-    while True:
-        unary = cluster.upstreams(r"/inference\.GRPCInferenceService/ModelInfer")
-        if len(unary) >= 8 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    unary = cluster.upstreams(r"/inference\.GRPCInferenceService/ModelInfer", 8)
     assert len(unary) == 8, unary
     assert {u.strip() for u in unary} == {f"127.0.0.1:{p}" for p in cluster.grpc_ports}
-    assert len(cluster.upstreams(r"/inference\.GRPCInferenceService/ModelStreamInfer")) == 1
+    assert len(cluster.upstreams(r"/inference\.GRPCInferenceService/ModelStreamInfer", 1)) == 1

@@ -100,7 +100,7 @@ def test_steps_spread_over_replicas_match_one_process(cluster: Cluster, model_si
         assert client.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
     np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
 
-    served = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step")
+    served = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step", len(_chunks(len(inputs))))
     assert len(served) == len(_chunks(len(inputs)))
     assert len(set(served)) == N_REPLICAS, served
 
@@ -116,7 +116,8 @@ def test_a_replica_killed_mid_sequence_loses_nothing(cluster: Cluster, model_siz
         sid = _create(client)
         for a, b in chunks[:half]:
             got += _step(client, sid, inputs[a:b], offset=a)["outputs"]
-        served_before = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step")
+        served_before = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step", half)
+        assert len(served_before) == half, served_before
         assert f"127.0.0.1:{victim.port}" in served_before
 
         assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -125,7 +126,8 @@ def test_a_replica_killed_mid_sequence_loses_nothing(cluster: Cluster, model_siz
         assert client.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
     np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
 
-    after = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step")[len(served_before) :]
+    after = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step", len(chunks))[half:]
+    assert len(after) == len(chunks) - half, after
     answered = {u.split(", ")[-1] for u in after}
     assert f"127.0.0.1:{victim.port}" not in answered
     assert len(answered) == N_REPLICAS - 1, after
