@@ -4,7 +4,10 @@ The bundled ``weather_lstm`` (its highest version) runs one 24-step sequence per
 behind:
 
 - ``lstm-serve``: ``lstm-serve serve`` as users run it (its defaults, access log on), both
-  ``POST /v1/models/<model>/predict`` and ``POST /v2/models/<model>/infer`` (JSON);
+  ``POST /v1/models/<model>/predict`` and ``POST /v2/models/<model>/infer`` (JSON); the
+  ``/v2`` request is the one the MLServer peers get, naming the output tensor they answer
+  with (``OUTPUT``), and the same request without ``outputs`` (answered with ``OUTPUT`` and
+  the two final states) is a reference row;
 - ``mlserver/inline``: MLServer with a custom onnxruntime runtime (``runtime.py``, an
   ``MLModel``), inference in the server process (``parallel_workers: 0``), no adaptive
   batching; ``/v2`` JSON infer;
@@ -460,6 +463,7 @@ def _run(
         json.dumps({"inputs": [[round(v + 0.1 * t, 3) for v in mean] for t in range(24)]})
     )
     infer_body = tmp / "infer.json"
+    infer_all_body = tmp / "infer-all.json"
     port, grpc_port, ml_inline, ml_batched, lit_port, *ml_others = _free_ports(9)
 
     with contextlib.ExitStack() as running:
@@ -467,13 +471,21 @@ def _run(
         env = {"LSTM_SERVE_MODEL_STORE": str(args.store), "LSTM_SERVE_GRPC_PORT": str(grpc_port)}
         cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
         running.enter_context(_server(cmd, port, env, tmp / "lstm-serve.log"))
-        infer_body.write_text(json.dumps(_infer_body(port, name, predict_body)))
+        all_outputs = _infer_body(port, name, predict_body)
+        infer_all_body.write_text(json.dumps(all_outputs))
+        # what every /v2 server is sent: the same request, naming the one output the
+        # peers' runtimes answer with
+        infer_body.write_text(json.dumps({**all_outputs, "outputs": [{"name": "OUTPUT"}]}))
 
+        v2_path = f"/v2/models/{name}/infer"
         v1 = Target(LSTM_SERVE, "/v1 predict", port, f"/v1/models/{name}/predict", predict_body)
-        v2 = Target(LSTM_SERVE, "/v2 infer JSON", port, f"/v2/models/{name}/infer", infer_body)
-        want = _answer(v1, _last_step_v1, None, tmp / "lstm-serve.log")
-        _check("lstm-serve /v2", _answer(v2, _last_step_v2, None, tmp / "lstm-serve.log"), want)
-        targets = [v1, v2]
+        v2 = Target(LSTM_SERVE, "/v2 infer JSON", port, v2_path, infer_body)
+        v2_all = Target(LSTM_SERVE, "/v2 JSON, all outputs", port, v2_path, infer_all_body)
+        log = tmp / "lstm-serve.log"
+        want = _answer(v1, _last_step_v1, None, log)
+        for t in (v2, v2_all):
+            _check(f"lstm-serve {t.case}", _answer(t, _last_step_v2, None, log), want)
+        targets = [v1, v2, v2_all]
 
         mlserver = str(Path(args.mlserver_python).parent / "mlserver")
         peers: list[tuple[Target, list[str], Callable[[Any], list[float]]]] = []
@@ -526,6 +538,7 @@ def _run(
                 print(r.row(), flush=True)
             _round_ratios(docs, _key(v1), peer_names, c, "lstm-serve /v1")
             _round_ratios(docs, _key(v2), peer_names, c, "lstm-serve /v2")
+            _round_ratios(docs, _key(v2_all), peer_names, c, "lstm-serve /v2 (all outputs)")
     print(f"load average at end {_load_avg()}")
     return 0
 
