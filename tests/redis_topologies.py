@@ -263,6 +263,19 @@ class SentinelProcesses:
         port = self.primary_port()
         return next(n for n in self.data if n.port == port)
 
+    def restart_as_replica(self, node: Node) -> None:
+        """Start ``node`` again as a replica of the primary every sentinel names.
+
+        Started as it was (a primary, empty without persistence), it would stay a primary
+        until the sentinels turn it into a replica on a later look, seconds on: a second
+        failover in that window could promote it and lose every session.
+        """
+        ports = self.primary_ports()
+        if len(ports) != 1 or node.port in ports:
+            raise RuntimeError(f"the sentinels name {sorted(ports)}, not one other primary")
+        node.extra = ["--replicaof", "127.0.0.1", str(ports.pop())]
+        node.start()
+
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Both data nodes up, the sentinels agreeing on a primary that has its replica in
         sync, and each sentinel knowing the others."""

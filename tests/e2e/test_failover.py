@@ -93,19 +93,25 @@ def test_primary_killed_under_load(
             victim.kill()
             deadline = killed_at + 30
             while True:  # the replica takes over
-                promoted = (
-                    len(servers.primary_nodes()) == servers.primaries
-                    if isinstance(servers, ClusterProcesses)
-                    # every sentinel: the victim comes back empty (no persistence), and
-                    # a sentinel still naming it would send clients to an empty primary
-                    else victim.port not in servers.primary_ports()
-                )
+                if isinstance(servers, ClusterProcesses):
+                    promoted = len(servers.primary_nodes()) == servers.primaries
+                else:
+                    # every sentinel names the other server: the victim comes back empty
+                    # (no persistence), and a sentinel still naming it would send clients
+                    # to an empty primary
+                    ports = servers.primary_ports()
+                    promoted = len(ports) == 1 and victim.port not in ports
                 if promoted:
                     break
                 assert time.monotonic() < deadline, "no failover in 30 s"
                 load.check_alive()
                 time.sleep(0.05)
-            victim.start(None)  # back as a replica of the promoted one
+            # back as a replica of the promoted one: a cluster node by its nodes.conf, a
+            # sentinel-watched server by --replicaof
+            if isinstance(servers, ClusterProcesses):
+                victim.start(None)
+            else:
+                servers.restart_as_replica(victim)
             servers.wait_healthy()
             _progress_everywhere(load, 50, 60)
             recovered_at = time.monotonic()
