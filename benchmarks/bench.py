@@ -15,6 +15,9 @@ more than a round apart (this machine's speed drifts):
   change, ``git worktree add /tmp/before <commit>``) served the same way from its own code
   and bundled model store, with and without its access log, beside this one in the same
   rounds;
+- ``uvicorn`` (only when ``--only`` names it): the same app, settings and access log on
+  stock uvicorn (httptools, uvloop) instead of Granian, for the choice of HTTP server
+  (no gRPC door: ``lstm-serve serve`` starts that);
 - ``floor``: ``benchmarks/floor_app.py``, a bare Starlette route that parses the same
   body and answers a step-shaped reply with no model, on stock uvicorn;
 - ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
@@ -415,7 +418,10 @@ def main(argv: list[str]) -> int:
         "(at most one round a second)",
     )
     parser.add_argument(
-        "--only", nargs="+", default=None, help="servers: service nolog redis floor torch"
+        "--only",
+        nargs="+",
+        default=None,
+        help="servers: service nolog redis floor torch (the default), uvicorn",
     )
     parser.add_argument(
         "--compare",
@@ -493,6 +499,8 @@ def main(argv: list[str]) -> int:
         services.append(("service", REPO, {}))
     if "nolog" in only:
         services.append(("service/nolog", REPO, nolog))
+    if "uvicorn" in only:
+        services.append((UVICORN, REPO, {}))
     if args.compare is not None:
         label = args.compare_label
         # its own bundled store when it has one: a manifest of this checkout may have
@@ -517,6 +525,10 @@ def main(argv: list[str]) -> int:
         for name, tree, extra_env in services:
             port, grpc_port = _free_ports(2)
             cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+            if name == UVICORN:
+                cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.http.app:create_app"]
+                cmd += ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
+                cmd += ["--port", str(port)]
             slug = name.replace("/", "-")
             log = tmp / f"{slug}.log"
             own = {**env, **extra_env, "LSTM_SERVE_GRPC_PORT": str(grpc_port)}
@@ -525,7 +537,7 @@ def main(argv: list[str]) -> int:
             ids = _create_sessions(port, model_name, args.sessions, tmp / f"{slug}-ids.txt")
             steppers.append((name, "session step", port, ids))
             posters.append((name, port))
-            if not service_port:
+            if not service_port and name != UVICORN:  # the WebSocket and gRPC cases
                 service_port, service_ids = port, ids
                 service_grpc = grpc_port
         redis_port = 0
@@ -720,6 +732,7 @@ def _ratios(
         ("service/nolog", f"{compare}/nolog", f"this / {compare}, log off"),
         ("service", compare, f"this / {compare}, log on"),
         ("service/nolog", "floor", "step / floor"),
+        ("service", UVICORN, "Granian / uvicorn"),
         (f"{compare}/nolog", "floor", f"{compare} step / floor"),
     ]
     for a, b, what in pairs:
@@ -822,6 +835,8 @@ def _summary(results: list[Result], mem: dict[str, float], idle_n: int, compare:
 
 REDIS_SERVER = "service/redis"
 """The service as a replica runs it: defaults, sessions in a private ``redis-server``."""
+UVICORN = "service/uvicorn"
+"""The service on stock uvicorn, a reference row for the choice of HTTP server."""
 
 
 def _tree_cpu(pid: int) -> float:
