@@ -283,9 +283,9 @@ class RedisStore:
         command, one reply, keys built in the script): redis-py's packing costs more."""
         if len(recs) == 1:
             return await self._save_each(recs, args, extra)
-        flat = [self.prefix, *args]
+        argv = [self.prefix, *args]
         (reply,) = await self._eval_many(
-            "save", redis_scripts.SAVE_MANY, self._save_many_sha, [([], flat)], extra
+            "save", redis_scripts.SAVE_MANY, self._save_many_sha, [([], argv)], extra
         )
         if isinstance(reply, BaseException):
             return [reply] * len(recs)

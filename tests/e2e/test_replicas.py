@@ -95,13 +95,14 @@ def test_steps_spread_over_replicas_match_one_process(cluster: Cluster, model_si
     got: list[list[float]] = []
     with httpx.Client(base_url=cluster.url, timeout=10) as client:
         sid = _create(client)
-        for a, b in _chunks(len(inputs)):
+        chunks = _chunks(len(inputs))
+        for a, b in chunks:
             got += _step(client, sid, inputs[a:b], offset=a)["outputs"]
         assert client.get(f"/v1/sessions/{sid}").json()["steps"] == len(inputs)
     np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
 
-    served = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step", len(_chunks(len(inputs))))
-    assert len(served) == len(_chunks(len(inputs)))
+    served = cluster.upstreams(rf"/v1/sessions/{re.escape(sid)}/step", len(chunks))
+    assert len(served) == len(chunks)
     assert len(set(served)) == N_REPLICAS, served
 
 
