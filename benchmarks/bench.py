@@ -20,6 +20,9 @@ more than a round apart (this machine's speed drifts):
   (no gRPC door: ``lstm-serve serve`` starts that);
 - ``floor``: ``benchmarks/floor_app.py``, a bare Starlette route that parses the same
   body and answers a step-shaped reply with no model, on stock uvicorn;
+- ``floor/granian`` (only when ``--only`` names ``granian``): the same floor app on
+  Granian, embedded as the service embeds it: what the service's HTTP server costs a bare
+  route;
 - ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
   states and the same model shape (skipped when torch is not installed).
 
@@ -421,7 +424,7 @@ def main(argv: list[str]) -> int:
         "--only",
         nargs="+",
         default=None,
-        help="servers: service nolog redis floor torch (the default), uvicorn",
+        help="servers: service nolog redis floor torch (the default), uvicorn granian",
     )
     parser.add_argument(
         "--compare",
@@ -547,9 +550,11 @@ def main(argv: list[str]) -> int:
         if posters:
             infer_body.write_text(json.dumps(_infer_body(posters[0][1], model_name, predict_body)))
         others: list[tuple[str, str, list[str]]] = []
+        floor = [sys.executable, str(BENCH_DIR / "floor_app.py")]
         if "floor" in only:
-            floor = [sys.executable, str(BENCH_DIR / "floor_app.py")]
             others.append(("floor", "step (no model)", floor))
+        if "granian" in only:
+            others.append((GRANIAN_FLOOR, "step (no model)", [*floor, "--server", "granian"]))
         if "torch" in only:
             if have_torch:
                 torch_cmd = [sys.executable, str(BENCH_DIR / "torch_baseline.py")]
@@ -562,7 +567,8 @@ def main(argv: list[str]) -> int:
         for server, case, base in others if have_wrk else []:
             port = _free_port()
             cmd = [*base, "--port", str(port)]
-            running.enter_context(_server(cmd, port, None, tmp / f"{server}.log"))
+            log = tmp / f"{server.replace('/', '-')}.log"
+            running.enter_context(_server(cmd, port, None, log))
             steppers.append((server, case, port, fake_ids))
 
         if have_wrk:
@@ -733,6 +739,7 @@ def _ratios(
         ("service", compare, f"this / {compare}, log on"),
         ("service/nolog", "floor", "step / floor"),
         ("service", UVICORN, "Granian / uvicorn"),
+        (GRANIAN_FLOOR, "floor", "floor, Granian / uvicorn"),
         (f"{compare}/nolog", "floor", f"{compare} step / floor"),
     ]
     for a, b, what in pairs:
@@ -837,6 +844,8 @@ REDIS_SERVER = "service/redis"
 """The service as a replica runs it: defaults, sessions in a private ``redis-server``."""
 UVICORN = "service/uvicorn"
 """The service on stock uvicorn, a reference row for the choice of HTTP server."""
+GRANIAN_FLOOR = "floor/granian"
+"""The floor app on Granian: the HTTP server's own cost beside stock uvicorn's."""
 
 
 def _tree_cpu(pid: int) -> float:

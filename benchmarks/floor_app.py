@@ -2,9 +2,11 @@
 
 It reads and parses the same JSON body as ``POST /v1/sessions/{id}/step``, keeps a step
 count per session id, and answers a step-shaped reply (``id``, ``steps``, one output per
-input step) encoded with orjson, under the same uvicorn (uvloop + httptools) as the
-service. What the service spends above this is the price of the model, sessions and
-validation. Run: ``python benchmarks/floor_app.py --port 8101``.
+input step) encoded with orjson, on stock uvicorn (uvloop + httptools). What the service
+spends above this is the price of the model, sessions, validation and its HTTP server.
+``--server granian`` serves the same app on Granian, embedded on uvloop as the service
+embeds it (HTTP/1.1): the floor of the service's own HTTP server. Run:
+``python benchmarks/floor_app.py --port 8101 [--server granian]``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Any
 
 import orjson
 import uvicorn
+import uvloop
+from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
+from granian.server.embed import Server
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,8 +54,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8101)
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
     args = parser.parse_args()
+    if args.server == "granian":
+        uvloop.run(_granian(args.host, args.port))
+        return
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+async def _granian(host: str, port: int) -> None:
+    """Serve ``app`` on Granian's embedded server until the process is stopped."""
+    server = Server(
+        app,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        http=HTTPModes.http1,
+        websockets=False,
+        log_level=LogLevels.warning,
+    )
+    await server.serve()
 
 
 if __name__ == "__main__":
