@@ -4,8 +4,9 @@ It reads and parses the same JSON body as ``POST /v1/sessions/{id}/step``, keeps
 count per session id, and answers a step-shaped reply (``id``, ``steps``, one output per
 input step) encoded with orjson, on stock uvicorn (uvloop + httptools). What the service
 spends above this is the price of the model, sessions, validation and its HTTP server.
-``--server granian`` serves the same app on Granian, embedded on uvloop as the service
-embeds it (HTTP/1.1): the floor of the service's own HTTP server. Run:
+``--server granian`` serves the same app on Granian with the service's own server
+configuration (``service.http.server.server_for``, default settings): the floor of the
+service's HTTP server. Run:
 ``python benchmarks/floor_app.py --port 8101 [--server granian]``.
 """
 
@@ -17,13 +18,13 @@ from typing import Any
 import orjson
 import uvicorn
 import uvloop
-from granian.constants import HTTPModes, Interfaces
-from granian.log import LogLevels
-from granian.server.embed import Server
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from service.http.server import server_for
+from service.settings import Settings
 
 _steps: dict[str, int] = {}
 
@@ -63,17 +64,8 @@ def main() -> None:
 
 
 async def _granian(host: str, port: int) -> None:
-    """Serve ``app`` on Granian's embedded server until the process is stopped."""
-    server = Server(
-        app,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        http=HTTPModes.http1,
-        websockets=False,
-        log_level=LogLevels.warning,
-    )
-    await server.serve()
+    """Serve ``app`` on the service's Granian server until the process is stopped."""
+    await server_for(app, Settings(), host, port).serve()
 
 
 if __name__ == "__main__":
