@@ -21,8 +21,8 @@ more than a round apart (this machine's speed drifts):
 - ``floor``: ``benchmarks/floor_app.py``, a bare Starlette route that parses the same
   body and answers a step-shaped reply with no model, on stock uvicorn;
 - ``floor/granian`` (only when ``--only`` names ``granian``): the same floor app on
-  Granian, embedded as the service embeds it: what the service's HTTP server costs a bare
-  route;
+  Granian with the service's own server configuration: what the service's HTTP server
+  costs a bare route;
 - ``torch``: ``benchmarks/torch_baseline.py``, FastAPI + PyTorch eager with a dict of
   states and the same model shape (skipped when torch is not installed).
 
