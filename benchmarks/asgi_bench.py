@@ -9,8 +9,9 @@ after round (every other round in reverse order):
 
 - ``step``: ``POST /v1/sessions/{id}/step`` through the whole app (middleware stack,
   router, endpoint), as the HTTP server hands it over;
-- ``step, endpoint alone``: the same step handed straight to the step's endpoint,
-  skipping the middleware stack and the router: a reference row for what they cost;
+- ``step, endpoint alone``: the same step handed straight to the app's step route
+  (``Route.matches`` and ``Route.handle``), skipping the middleware stack and the
+  router's search: a reference row for what they cost;
 - ``predict``: ``/v1`` predict of one 24-step sequence (the last step's outputs), and
   ``predict, all steps`` with ``"return": "all"``;
 - ``v2``: ``/v2`` JSON infer of the same sequence naming no outputs (all of them, the
@@ -36,6 +37,7 @@ from typing import Any
 
 import orjson
 import uvloop
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Scope
 
 Call = tuple[str, str, bytes]
@@ -49,21 +51,26 @@ STEPS = 24
 class Case:
     name: str
     request: Callable[[int], Call]
-    direct: bool = False
+    direct: Route | None = None
+    """The app's route to hand the request to, past the middleware stack and the router."""
     rates: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
 
 
 class Client:
-    """Calls an ASGI app in-process; ``endpoint`` serves the direct calls."""
+    """Calls an ASGI app in-process, whole or one of its routes alone."""
 
-    def __init__(self, app: ASGIApp, endpoint: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.endpoint = endpoint
         self._idle = asyncio.Event()  # never set: a second receive() waits, as on a socket
 
     async def call(
-        self, method: str, path: str, body: bytes, direct: bool = False, expect: int = 200
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        direct: Route | None = None,
+        expect: int = 200,
     ) -> bytes:
         status = 0
         chunks: list[bytes] = []
@@ -103,10 +110,12 @@ class Client:
             "server": ("127.0.0.1", 8000),
             "state": {},
         }
-        if direct:
-            scope["app"] = self.app
-            scope["path_params"] = {"session_id": path.split("/")[3]}
-            await self.endpoint(scope, receive, send)
+        if direct is not None:
+            match, child = direct.matches(scope)  # the path parameters, as the router finds them
+            if match != Match.FULL:
+                raise RuntimeError(f"{method} {path} is not {direct.path}")
+            scope.update(child, app=self.app)
+            await direct.handle(scope, receive, send)
         else:
             await self.app(scope, receive, send)
         if status != expect:
@@ -114,7 +123,7 @@ class Client:
         return b"".join(chunks)
 
 
-def cases(ids: list[str]) -> list[Case]:
+def cases(ids: list[str], step_route: Route) -> list[Case]:
     from service.oip.tensors import INPUT, OUTPUT
 
     seq = [[10.5 + 0.1 * t, 60.5, 1000.5, 5.5] for t in range(STEPS)]
@@ -136,7 +145,7 @@ def cases(ids: list[str]) -> list[Case]:
 
     return [
         Case("step", stepping),
-        Case("step, endpoint alone", stepping, direct=True),
+        Case("step, endpoint alone", stepping, direct=step_route),
         Case("predict", posting(predict_path, predict)),
         Case("predict, all steps", posting(predict_path, predict_all)),
         Case("v2", posting(v2_path, v2)),
@@ -165,13 +174,14 @@ async def drive(client: Client, case: Case, requests: int, concurrency: int) -> 
 
 async def run(args: argparse.Namespace) -> list[Case]:
     from service.http.app import create_app
-    from service.http.v1.step import StepEndpoint
+    from service.http.v1.step import ROUTE
     from service.settings import Settings
 
     settings = Settings(request_log=args.log, grpc_port=0, max_sessions=100_000)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        client = Client(app, StepEndpoint())
+        client = Client(app)
+        step_route = next(r for r in app.router.routes if isinstance(r, Route) and r.path == ROUTE)
         body = orjson.dumps({"model": "weather_lstm"})
         ids: list[str] = []
         for _ in range(SESSIONS):
@@ -179,7 +189,7 @@ async def run(args: argparse.Namespace) -> list[Case]:
                 await client.call("POST", "/v1/sessions", body, expect=201)
             )
             ids.append(str(created["id"]))
-        todo = cases(ids)
+        todo = cases(ids, step_route)
         for case in todo:  # warm-up, not recorded
             await drive(client, case, min(2000, args.requests), args.concurrency)
             case.rates.clear()
